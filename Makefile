@@ -1,0 +1,24 @@
+# Two entry points: `make demo` trains the demo model; `make test` runs the suite.
+# Both build .venv from this project's own files on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= runs/demo
+
+.PHONY: demo test clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	rm -rf $(WORKDIR)
+	$(BIN)/python -m cpm_jax.train --config experiments/synthetic.py --workdir $(WORKDIR)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,117 @@
+"""The CPM layer lists: one source for the Flax modules, the receptive fields and the compute count.
+
+Reference section 1. Every convolution has stride 1 and "same" padding; max-pools are 3x3, stride 2,
+Caffe ceil mode. Widths and kernel sizes come from the model config so that tests and demos can
+use tiny networks; the defaults in `experiments/` are the paper's.
+"""
+import dataclasses
+import math
+from typing import Sequence, Union
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    kernel: int
+    features: int
+    relu: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPool:
+    window: int = 3
+    stride: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    rate: float
+
+
+Layer = Union[Conv, MaxPool, Dropout]
+NUM_POOLS = 3
+STRIDE = 2 ** NUM_POOLS  # input pixels per belief-map cell
+
+
+def image_trunk(m: ml_collections.ConfigDict) -> tuple[Layer, ...]:
+    """3 x [conv (trunk_kernel, trunk_features) + pool]: input (H, W, 3) -> (H/8, W/8, trunk_features)."""
+    return (Conv(m.trunk_kernel, m.trunk_features), MaxPool()) * NUM_POOLS
+
+
+def stage1_head(m: ml_collections.ConfigDict) -> tuple[Layer, ...]:
+    """Stage 1 after its own image trunk: 5x5, 9x9 (+dropout), 1x1 (+dropout), 1x1 to P+1 maps."""
+    return (
+        Conv(5, m.bottleneck_features),
+        Conv(m.stage1_kernel, m.stage1_features), Dropout(m.dropout_rate),
+        Conv(1, m.stage1_features), Dropout(m.dropout_rate),
+        Conv(1, m.num_parts + 1, relu=False),
+    )
+
+
+def refinement_features(m: ml_collections.ConfigDict) -> tuple[Layer, ...]:
+    """A later stage's own 5x5 conv on the shared trunk output."""
+    return (Conv(5, m.bottleneck_features),)
+
+
+def refinement_head(m: ml_collections.ConfigDict) -> tuple[Layer, ...]:
+    """A later stage after the concat: 3 x conv (stage_kernel), 1x1, 1x1 to P+1 maps."""
+    return (Conv(m.stage_kernel, m.stage_features),) * 3 + (
+        Conv(1, m.stage_features), Conv(1, m.num_parts + 1, relu=False))
+
+
+def concat_channels(m: ml_collections.ConfigDict) -> int:
+    """Channels entering a later stage's head: its features, previous beliefs, center map."""
+    return m.bottleneck_features + (m.num_parts + 1) + 1
+
+
+def pooled_size(size: int, layers: Sequence[Layer]) -> int:
+    """Spatial size after `layers` (Caffe ceil-mode pooling): 368 -> 184 -> 92 -> 46."""
+    for layer in layers:
+        if isinstance(layer, MaxPool):
+            size = math.ceil((size - layer.window) / layer.stride) + 1
+    return size
+
+
+def receptive_field(layers: Sequence[Layer], rf: float = 1, jump: float = 1) -> tuple[float, float]:
+    """(receptive field, jump) in input pixels after `layers`, starting from (rf, jump)."""
+    for layer in layers:
+        if isinstance(layer, Conv):
+            rf += (layer.kernel - 1) * jump
+        elif isinstance(layer, MaxPool):
+            rf += (layer.window - 1) * jump
+            jump *= layer.stride
+    return rf, jump
+
+
+def stage_receptive_fields(m: ml_collections.ConfigDict) -> list[int]:
+    """Receptive field of each stage's belief maps, input pixels: 167, 407, 647, ... for the paper."""
+    rf1, jump = receptive_field(image_trunk(m) + stage1_head(m))
+    trunk_rf, trunk_jump = receptive_field(image_trunk(m) + refinement_features(m))
+    fields = [rf1]
+    for _ in range(1, m.num_stages):
+        rf_in = max(trunk_rf, fields[-1])  # the concat sees image features and previous beliefs
+        fields.append(receptive_field(refinement_head(m), rf_in, trunk_jump)[0])
+    return [int(f) for f in fields]
+
+
+def multiply_adds(layers: Sequence[Layer], size: int, channels: int) -> tuple[int, int, int]:
+    """(multiply-adds, output size, output channels) of `layers` on a (size, size, channels) input."""
+    total = 0
+    for layer in layers:
+        if isinstance(layer, Conv):
+            total += size * size * layer.kernel ** 2 * channels * layer.features
+            channels = layer.features
+        elif isinstance(layer, MaxPool):
+            size = pooled_size(size, [layer])
+    return total, size, channels
+
+
+def forward_multiply_adds(m: ml_collections.ConfigDict) -> int:
+    """Convolution multiply-adds of one forward pass on one (input_size, input_size, 3) image."""
+    stage1, _, _ = multiply_adds(image_trunk(m) + stage1_head(m), m.input_size, 3)
+    trunk, size, channels = multiply_adds(image_trunk(m), m.input_size, 3)
+    features, _, _ = multiply_adds(refinement_features(m), size, channels)
+    head, _, _ = multiply_adds(refinement_head(m), size, concat_channels(m))
+    later = m.num_stages - 1
+    return stage1 + (trunk if later else 0) + later * (features + head)

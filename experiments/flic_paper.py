@@ -1,0 +1,8 @@
+"""The paper's FLIC model: 4 stages, 9 parts, 368x368 input, the release's optimiser."""
+from cpm_jax import configs
+
+
+def get_config():
+    config = configs.paper_config(dataset="flic", num_stages=4, num_parts=9)
+    config.training.num_steps = 40_000
+    return config
