@@ -1,0 +1,47 @@
+"""Shared test helpers: tiny configs (small input, few channels, small kernels) and paths."""
+import os
+import pathlib
+
+import pytest
+
+import cpm_jax  # noqa: F401  (sets the XLA CPU flags before JAX is imported anywhere)
+from cpm_jax import configs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def tiny_config(num_stages: int = 2, input_size: int = 32, dropout_rate: float = 0.0):
+    """A synthetic-data experiment small enough for a few CPU seconds per step."""
+    config = configs.paper_config(dataset="synthetic", num_stages=num_stages)
+    m = config.model
+    m.input_size = input_size
+    m.trunk_kernel, m.stage1_kernel, m.stage_kernel = 3, 3, 3
+    m.trunk_features, m.bottleneck_features, m.stage1_features, m.stage_features = 4, 4, 8, 8
+    m.dropout_rate = dropout_rate
+    m.kernel_init = "he_normal"
+    config.data.synthetic_image_size = 64
+    config.data.num_heldout = 6
+    config.optimizer = dict(name="adam", learning_rate=1e-3, warmup_steps=1, decay_steps=100)
+    t = config.training
+    t.global_batch_size = 4
+    t.num_steps = 3
+    t.log_every = 1
+    t.checkpoint_every = 2
+    t.keep_checkpoints = 2
+    t.eval_batch_size = 4
+    t.num_visualized = 2
+    return config
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config()
+
+
+def python_env(**extra) -> dict:
+    """Environment for a subprocess running this project's code."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
