@@ -1,0 +1,52 @@
+"""Orbax checkpoints in `<workdir>/checkpoints`, and the run's config beside them.
+
+Orbax writes each step to a temporary directory and renames it when complete, so an interrupted
+save never leaves a half-written checkpoint that a restart would pick up.
+"""
+import json
+import os
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+
+
+def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state):
+    """(state, step) from the newest checkpoint, or (state, 0) unchanged if there is none.
+
+    `state` supplies the structure, shapes and dtypes; a checkpoint that does not match it or
+    cannot be read raises RuntimeError naming its directory."""
+    step = mngr.latest_step()
+    if step is None:
+        return state, 0
+    try:
+        restored = mngr.restore(step, args=ocp.args.StandardRestore(state))
+    except Exception as error:  # Orbax raises many types; name the directory whatever they are.
+        raise RuntimeError(f"cannot restore checkpoint {os.path.join(str(mngr.directory), str(step))}: "
+                           f"{type(error).__name__}: {error}") from error
+    return restored, step
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, json.JSONDecodeError) as error:
+        raise RuntimeError(f"cannot read the run's config {path}: {error}") from error

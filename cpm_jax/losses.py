@@ -1,0 +1,26 @@
+"""The CPM objective (reference section 2): per-stage sum of squared errors, summed over stages."""
+import jax
+import jax.numpy as jnp
+
+
+def cpm_loss(beliefs: jax.Array, targets: jax.Array,
+             intermediate_supervision: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Loss of every stage and their total.
+
+    Args:
+      beliefs: (B, T, h, w, P+1) every stage's belief maps.
+      targets: (B, h, w, P+1), the same for every stage, or (B, T, h, w, P+1) per stage
+        (e.g. stage 1 with every person's peaks, later stages with the primary person's only).
+      intermediate_supervision: if False only the final stage's loss counts (paper ablation iv).
+    Returns:
+      (total, per_stage): f_t = sum over maps and cells of (b_t - b*_t)^2 / (2 B), as the release's
+      Euclidean layer; total = sum of the supervised f_t. per_stage is (T,) and always holds every
+      stage's f_t, supervised or not.
+    """
+    if targets.ndim == beliefs.ndim - 1:
+        targets = targets[:, None]
+    batch, num_stages = beliefs.shape[:2]
+    per_stage = jnp.sum(jnp.square(beliefs - targets), axis=(0, 2, 3, 4)) / (2.0 * batch)
+    if intermediate_supervision:
+        return jnp.sum(per_stage), per_stage
+    return per_stage[num_stages - 1], per_stage

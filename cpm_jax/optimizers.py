@@ -1,0 +1,49 @@
+"""Optimisers by name: `config.optimizer.name` picks one from OPTIMIZERS."""
+from typing import Callable
+
+import jax
+import ml_collections
+import optax
+
+
+def _is_kernel(path) -> bool:
+    return getattr(path[-1], "key", None) == "kernel"
+
+
+def caffe_sgd(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+    """The release's solver: SGD + momentum, step decay, weight decay on weights only, and
+    per-layer learning-rate multipliers (stage 1 weights/biases x5/x10, all others x1/x2)."""
+    def multiplier(path, _):
+        weights, biases = cfg.stage1_multipliers if path[0].key == "stage1" else cfg.other_multipliers
+        return weights if _is_kernel(path) else biases
+
+    multipliers = jax.tree_util.tree_map_with_path(multiplier, params)
+    kernel_mask = jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
+    schedule = optax.exponential_decay(cfg.learning_rate, transition_steps=cfg.decay_every,
+                                       decay_rate=cfg.decay_factor, staircase=True)
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay, mask=kernel_mask),
+        optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, multipliers)),
+        optax.sgd(schedule, momentum=cfg.momentum),
+    )
+
+
+def adam(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+    """Adam with a linear warm-up and cosine decay over `decay_steps` (for short demo runs)."""
+    del params
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warmup_steps=cfg.warmup_steps, decay_steps=cfg.decay_steps,
+        end_value=cfg.learning_rate * 0.01)
+    return optax.adam(schedule)
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "caffe_sgd": caffe_sgd,
+    "adam": adam,
+}
+
+
+def make(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name = {cfg.name!r}: unknown; known: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](cfg, params)

@@ -1,0 +1,30 @@
+"""The demo: a tiny CPM learns the embedded synthetic figures on a CPU in minutes.
+
+    python -m cpm_jax.train --config experiments/synthetic.py --workdir runs/demo
+
+Same architecture and labels as the paper, narrower layers and a 128x128 input (16x16 belief
+maps); Adam instead of the release's SGD so that a few minutes suffice.
+"""
+from cpm_jax import configs
+
+
+def get_config():
+    config = configs.paper_config(dataset="synthetic", num_stages=4)
+    m = config.model
+    m.input_size = 128
+    m.trunk_features = 16
+    m.bottleneck_features = 16
+    m.stage1_features = 32
+    m.stage_features = 32
+    m.dropout_rate = 0.1
+    m.kernel_init = "he_normal"
+    config.data.num_heldout = 300
+    config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=50, decay_steps=1200)
+    t = config.training
+    t.global_batch_size = 16
+    t.num_steps = 1200
+    t.log_every = 50
+    t.checkpoint_every = 400
+    t.keep_checkpoints = 2
+    t.eval_batch_size = 50
+    return config

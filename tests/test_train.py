@@ -1,0 +1,142 @@
+"""Training: the pmapped step, loss falling, checkpoint save/restore/resume, config errors."""
+import json
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from cpm_jax import checkpointing, configs, train
+from data_pipelines import pipeline, registry
+from tests.conftest import ROOT, python_env, tiny_config
+
+
+def _pmapped_step(config):
+    import functools
+    return jax.pmap(functools.partial(train.train_step, intermediate_supervision=True), axis_name="batch")
+
+
+def test_loss_falls_on_a_short_run():
+    config = tiny_config()
+    config.training.global_batch_size = 8
+    state = train.create_train_state(config, jax.random.key(0))
+    step = _pmapped_step(config)
+    p_state, rng = flax.jax_utils.replicate(state), flax.jax_utils.replicate(jax.random.key(1))
+    batches = pipeline.train_batches(config, 1)
+    losses = []
+    for _ in range(40):
+        p_state, metrics = step(p_state, next(batches), rng)
+        losses.append(float(metrics["loss"][0]))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert np.asarray(metrics["stage_losses"]).shape == (1, 2)
+
+
+PMAP_SCRIPT = r"""
+import functools, json, sys
+import cpm_jax
+import flax, jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+from cpm_jax import train
+from data_pipelines import pipeline
+from tests.conftest import tiny_config
+assert jax.local_device_count() == 2, jax.devices()
+config = tiny_config(num_stages=2)
+config.training.global_batch_size = 4
+state = train.create_train_state(config, jax.random.key(0))
+batch = next(pipeline.train_batches(config, 1))           # (1, 4, ...)
+step = functools.partial(train.train_step, intermediate_supervision=True)
+out = {}
+for devices in (1, 2):
+    p = jax.pmap(step, axis_name="batch", devices=jax.devices()[:devices])
+    shaped = {k: v.reshape((devices, -1) + v.shape[2:]) for k, v in batch.items()}
+    replicated = flax.jax_utils.replicate(state, jax.devices()[:devices])
+    rng = flax.jax_utils.replicate(jax.random.key(1), jax.devices()[:devices])
+    new_state, metrics = p(replicated, shaped, rng)
+    new_state = flax.jax_utils.unreplicate(new_state)
+    out[devices] = (jax.tree.map(np.asarray, new_state.params), float(metrics["loss"][0]))
+diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), out[1][0], out[2][0]))
+moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), out[1][0],
+                                     jax.tree.map(np.asarray, state.params)))
+print(json.dumps({"max_param_diff": max(diffs), "max_update": max(moved), "loss1": out[1][1], "loss2": out[2][1]}))
+"""
+
+
+def test_two_device_pmap_step_equals_one_device_step():
+    result = subprocess.run([sys.executable, "-c", PMAP_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                            env=python_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["max_update"] > 1e-5                 # the step really changed the parameters
+    assert r["max_param_diff"] < 1e-6 * max(1.0, r["max_update"] * 100)
+    assert r["loss1"] == pytest.approx(r["loss2"], rel=1e-5)
+
+
+def _final_params(workdir):
+    config = checkpointing.read_config(workdir)
+    state = train.create_train_state(config, jax.random.key(0))
+    restored, step = checkpointing.restore_latest(checkpointing.manager(workdir, 2), state)
+    return restored, step
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
+    config = tiny_config()
+    config.training.num_steps = 4
+    config.training.checkpoint_every = 2
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    interrupted = tiny_config()
+    interrupted.training.num_steps = 2
+    train.train_and_evaluate(interrupted, str(tmp_path / "resumed"))
+    _, step = _final_params(str(tmp_path / "resumed"))
+    assert step == 2
+    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    a, step_a = _final_params(str(tmp_path / "straight"))
+    b, step_b = _final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a.params, b.params)
+    assert resumed["pck@0.2_per_stage"] == pytest.approx(straight["pck@0.2_per_stage"])
+    kept = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert kept == ["2", "4"]
+
+
+def test_unreadable_checkpoint_names_its_directory(tmp_path):
+    config = tiny_config()
+    config.training.num_steps = 2
+    train.train_and_evaluate(config, str(tmp_path))
+    for f in (tmp_path / "checkpoints" / "2").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name.lower():
+            f.write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match=r"cannot restore checkpoint .*checkpoints/2"):
+        _final_params(str(tmp_path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.num_stages", 0, r"config.model.num_stages = 0: must be an integer >= 1"),
+    ("model.input_size", 100, r"config.model.input_size = 100: must be a positive multiple of 8"),
+    ("data.dataset", "imagenet", r"config.data.dataset = 'imagenet': unknown dataset; known: .*synthetic"),
+    ("model.dropout_rate", 1.0, r"config.model.dropout_rate = 1.0"),
+    ("data.scale_range", (1.3, 0.7), r"config.data.scale_range"),
+])
+def test_bad_config_values_fail_clearly(key, value, message):
+    config = tiny_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        configs.validate(config, registry.DATASETS)
+
+
+def test_cli_trains_writes_metrics_and_pictures_and_rejects_bad_flags(tmp_path):
+    args = [sys.executable, "-m", "cpm_jax.train", "--config", str(ROOT / "tests" / "tiny_experiment.py"),
+            "--workdir", str(tmp_path)]
+    result = subprocess.run(args, capture_output=True, text=True, env=python_env(), timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out PCK@0.2 per stage" in result.stdout
+    assert "step 3/3" in result.stderr and "img/s" in result.stderr and "ETA" in result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["pck@0.2_per_stage"]) == 2 and metrics["num_examples"] == 6
+    for name in ("skeletons.png", "beliefs_by_stage.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run(args + ["--config.model.num_stages=0"], capture_output=True, text=True,
+                         env=python_env(), timeout=300, cwd=ROOT)
+    assert bad.returncode != 0 and "config.model.num_stages = 0" in bad.stderr
