@@ -45,7 +45,6 @@ def describe(model_config: ml_collections.ConfigDict) -> dict:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).", lock_config=True)
 
 
 def main(argv) -> None:
@@ -56,5 +55,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # Flags live here so that importing this module (tests, notebooks) defines none.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).")
     flags.mark_flags_as_required(["config"])
     app.run(main)

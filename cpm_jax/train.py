@@ -77,9 +77,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     configs.validate(config, registry.DATASETS)
     t = config.training
     num_devices = jax.local_device_count()
-    if t.global_batch_size % num_devices:
-        raise ValueError(f"config.training.global_batch_size = {t.global_batch_size}: must be divisible "
-                         f"by the {num_devices} local devices")
+    for key in ("global_batch_size", "eval_batch_size"):
+        if t[key] % num_devices:
+            raise ValueError(f"config.training.{key} = {t[key]}: must be divisible by the "
+                             f"{num_devices} local devices")
     checkpointing.write_config(workdir, config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(config, init_rng)
@@ -106,8 +107,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.json and pictures.")
 
 
 def main(argv) -> None:
@@ -122,5 +121,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # Flags live here so that importing this module (tests, notebooks) defines none.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.json and pictures.")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

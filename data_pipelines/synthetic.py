@@ -9,9 +9,13 @@ The data are built so that *local evidence alone is ambiguous*:
 * left and right limbs are drawn identically (same colour and thickness), and
   arms may cross the torso, so a wrist or elbow patch does not say which side
   it belongs to;
+* every limb joint (shoulders, elbows, wrists, hips, knees, ankles) carries
+  the same contrasting knob, so a joint is easy to *find* but its identity is
+  not written on it;
 * the background holds limb-like *decoys* (two connected thick segments, often
-  in the figure's own colour) that are not attached to any body, plus
-  rectangles, ellipses and stripes over a smooth colour field.
+  in the figure's own colour and then with the same knobs) that are not
+  attached to any body, plus rectangles, ellipses and stripes in muted
+  background tones over a smooth colour field.
 
 A stage-1 CPM, which only sees image patches, therefore confuses sides and
 fires on decoys; later stages, which also see the belief maps of the other
@@ -144,12 +148,11 @@ def _background(rng: np.random.Generator, size: int, mean: np.ndarray) -> Image.
 
 def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int,
                   mean: np.ndarray) -> None:
-    """Random rectangles, ellipses and stripe groups, mostly in background-like tones."""
+    """Random rectangles, ellipses and stripe groups in background-like tones (texture, not
+    figure-like evidence: the figure and the decoys are what stand out)."""
     for _ in range(rng.integers(6, 13)):
         kind = rng.integers(3)
-        colour = mean + rng.uniform(-70.0, 70.0, size=3) if rng.uniform() < 0.7 \
-            else _random_colour(rng)
-        fill = _as_fill(colour)
+        fill = _as_fill(mean + rng.uniform(-45.0, 45.0, size=3))
         if kind == 2:
             angle = rng.uniform(0.0, np.pi)
             normal = np.array([np.cos(angle), np.sin(angle)])
@@ -183,12 +186,28 @@ def _draw_chain(draw: ImageDraw.ImageDraw, points: np.ndarray, width: int,
         draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
 
+def _knob_colour(colour: np.ndarray) -> np.ndarray:
+    """Near-white or near-black, whichever contrasts more with `colour` in luminance."""
+    luminance = float(np.dot(colour, [0.299, 0.587, 0.114]))
+    return np.full(3, 20.0 if luminance > 128.0 else 235.0)
+
+
+def _draw_knobs(draw: ImageDraw.ImageDraw, points: np.ndarray, width: int,
+                fill: tuple[int, int, int]) -> None:
+    """Discs of diameter ~0.8 x limb `width` at `points` (K, 2): "a joint is here", not which."""
+    r = max(1, int(0.4 * width))
+    for x, y in np.rint(points):
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+
+
 def _draw_decoys(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int,
                  height: float, joints: np.ndarray, figure_colour: np.ndarray) -> None:
-    """2-5 limb-like two-segment chains kept away from the figure's joints."""
+    """2-5 limb-like two-segment chains kept away from the figure's joints; those in the
+    figure's colour carry the figure's joint knobs, so they look like loose arms or legs."""
     for _ in range(rng.integers(2, 6)):
         width = _limb_width(rng, height)
-        fill = _as_fill(figure_colour if rng.uniform() < 0.5 else _random_colour(rng))
+        like_figure = rng.uniform() < 0.6
+        fill = _as_fill(figure_colour if like_figure else _random_colour(rng))
         for _attempt in range(4):
             lengths = rng.uniform(0.15, 0.24, size=2) * height
             angle = rng.uniform(0.0, 2.0 * np.pi)
@@ -201,6 +220,8 @@ def _draw_decoys(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int,
             gaps = np.linalg.norm(probes[:, None] - joints[None], axis=-1)
             if gaps.min() > 0.12 * height:
                 _draw_chain(draw, chain, width, fill)
+                if like_figure:
+                    _draw_knobs(draw, chain, width, _as_fill(_knob_colour(figure_colour)))
                 break
 
 
@@ -221,6 +242,7 @@ def _draw_figure(draw: ImageDraw.ImageDraw, joints: np.ndarray, width: int,
     draw.polygon([tuple(p) for p in outline], fill=fill)
     for chain in _ARMS:
         _draw_chain(draw, joints[list(chain)], width, fill)
+    _draw_knobs(draw, joints[:NECK], width, _as_fill(_knob_colour(colour)))
 
 
 def render_example(seed: int, split: str, index: int, image_size: int = 160) -> dict:
