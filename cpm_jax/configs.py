@@ -4,6 +4,8 @@ Units: sizes in input pixels; learning rates per step; angles in degrees.
 """
 import ml_collections
 
+from cpm_jax.model import KERNEL_INITS
+
 
 def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368) -> ml_collections.ConfigDict:
     """The release's network (reference section 1)."""
@@ -19,7 +21,8 @@ def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368)
         stage_kernel=11,
         stage_features=128,
         dropout_rate=0.5,            # stage 1 only, training only
-        kernel_init="paper_normal",  # one of model.KERNEL_INITS
+        kernel_init="paper_normal",  # convolutions followed by ReLU; one of model.KERNEL_INITS
+        output_init="paper_normal",  # each stage's last (belief-map) convolution
         dtype="float32",             # compute dtype; "bfloat16" on accelerators
     ))
 
@@ -91,6 +94,8 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
                 "bottleneck_features", "stage1_features", "stage_features"):
         check(isinstance(m[key], int) and m[key] >= 1, f"model.{key}", m[key], "must be an integer >= 1")
     check(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", m.dropout_rate, "must be in [0, 1)")
+    for key in ("kernel_init", "output_init"):
+        check(m[key] in KERNEL_INITS, f"model.{key}", m[key], f"unknown; known: {', '.join(KERNEL_INITS)}")
     if known_datasets is not None:
         check(config.data.dataset in known_datasets, "data.dataset", config.data.dataset,
               f"unknown dataset; known: {', '.join(sorted(known_datasets))}")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cpm_jax import architecture as arch
+from cpm_jax.pooling import caffe_max_pool
 
 KERNEL_INITS = {
     # The release: weights ~ N(0, 0.01^2), biases 0.
@@ -22,19 +23,14 @@ KERNEL_INITS = {
 }
 
 
-def caffe_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-    """Max pool with Caffe's ceil rounding: pads bottom/right with -inf. (B, H, W, C) -> (B, H', W', C)."""
-    pads = []
-    for size in x.shape[1:3]:
-        out = arch.pooled_size(size, [arch.MaxPool(window, stride)])
-        pads.append((0, max(0, (out - 1) * stride + window - size)))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
-
-
 class LayerStack(nn.Module):
-    """Applies an `architecture` layer list: conv (+ReLU), Caffe max-pool, dropout."""
+    """Applies an `architecture` layer list: conv (+ReLU), Caffe max-pool, dropout.
+
+    Convolutions followed by a ReLU use `kernel_init`; a stage's output convolution (no ReLU)
+    uses `output_init`."""
     layers: Sequence[arch.Layer]
     kernel_init: Callable
+    output_init: Callable
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -44,7 +40,8 @@ class LayerStack(nn.Module):
             if isinstance(layer, arch.Conv):
                 convs += 1
                 x = nn.Conv(layer.features, (layer.kernel, layer.kernel), padding="SAME",
-                            kernel_init=self.kernel_init, dtype=self.dtype, name=f"conv{convs}")(x)
+                            kernel_init=self.kernel_init if layer.relu else self.output_init,
+                            dtype=self.dtype, name=f"conv{convs}")(x)
                 if layer.relu:
                     x = nn.relu(x)
             elif isinstance(layer, arch.MaxPool):
@@ -58,23 +55,25 @@ class InitialStage(nn.Module):
     """Stage 1: image (B, H, W, 3) -> beliefs (B, H/8, W/8, P+1) from local evidence only."""
     config: ml_collections.ConfigDict
     kernel_init: Callable
+    output_init: Callable
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, image: jax.Array, train: bool) -> jax.Array:
         layers = arch.image_trunk(self.config) + arch.stage1_head(self.config)
-        return LayerStack(layers, self.kernel_init, self.dtype, name="layers")(image, train)
+        return LayerStack(layers, self.kernel_init, self.output_init, self.dtype, name="layers")(image, train)
 
 
 class ImageTrunk(nn.Module):
     """Shared image features for stages >= 2: (B, H, W, 3) -> (B, H/8, W/8, trunk_features)."""
     config: ml_collections.ConfigDict
     kernel_init: Callable
+    output_init: Callable
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, image: jax.Array, train: bool) -> jax.Array:
-        return LayerStack(arch.image_trunk(self.config), self.kernel_init, self.dtype,
+        return LayerStack(arch.image_trunk(self.config), self.kernel_init, self.output_init, self.dtype,
                           name="layers")(image, train)
 
 
@@ -82,12 +81,14 @@ class RefinementStage(nn.Module):
     """Stage t >= 2: (trunk features, beliefs of stage t-1, center map) -> beliefs (B, h, w, P+1)."""
     config: ml_collections.ConfigDict
     kernel_init: Callable
+    output_init: Callable
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, trunk_features: jax.Array, previous_beliefs: jax.Array,
                  center_map: jax.Array, train: bool) -> jax.Array:
-        stack = functools.partial(LayerStack, kernel_init=self.kernel_init, dtype=self.dtype)
+        stack = functools.partial(LayerStack, kernel_init=self.kernel_init, output_init=self.output_init,
+                                  dtype=self.dtype)
         features = stack(arch.refinement_features(self.config), name="features")(trunk_features, train)
         x = jnp.concatenate([features, previous_beliefs.astype(features.dtype),
                              center_map.astype(features.dtype)], axis=-1)
@@ -105,7 +106,8 @@ class CPM(nn.Module):
     @nn.compact
     def __call__(self, image: jax.Array, center_map: jax.Array, train: bool = False) -> jax.Array:
         m = self.config
-        kwargs = dict(config=m, kernel_init=KERNEL_INITS[m.kernel_init], dtype=jnp.dtype(m.dtype))
+        kwargs = dict(config=m, kernel_init=KERNEL_INITS[m.kernel_init],
+                      output_init=KERNEL_INITS[m.output_init], dtype=jnp.dtype(m.dtype))
         image = image.astype(kwargs["dtype"])
         beliefs = [InitialStage(name="stage1", **kwargs)(image, train)]
         if m.num_stages > 1:

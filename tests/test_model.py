@@ -96,3 +96,14 @@ def test_forward_output_shape_tiny():
     out = jax.eval_shape(lambda: model.init_with_output(
         jax.random.key(0), jnp.zeros((5, 32, 32, 3)), jnp.zeros((5, 4, 4, 1)))[0])
     assert out.shape == (5, 3, 4, 4, 15)
+
+
+def test_output_convolutions_take_their_own_init():
+    m = configs.paper_model(num_stages=2)
+    m.input_size, m.kernel_init, m.output_init = 64, "he_normal", "paper_normal"
+    params = cpm_model.CPM(m).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 8, 8, 1)))["params"]
+    hidden = params["stage2"]["head"]["conv1"]["kernel"]     # 11x11x48 fan-in: He std = sqrt(2/5808)
+    output = params["stage2"]["head"]["conv5"]["kernel"]     # the 1x1 to P+1 maps
+    assert float(jnp.std(hidden)) == pytest.approx(np.sqrt(2 / (11 * 11 * 48)), rel=0.05)
+    assert float(jnp.std(output)) == pytest.approx(0.01, rel=0.1)
+    assert output.shape == (1, 1, 128, 15)

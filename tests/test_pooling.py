@@ -1,0 +1,33 @@
+"""The fast max-pool gradient equals XLA's select-and-scatter gradient."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cpm_jax.pooling import caffe_max_pool
+
+
+def reference_pool(x, window, stride):
+    out = [-(-(s - window) // stride) + 1 for s in x.shape[1:3]]
+    pads = [((o - 1) * stride + window - s) for o, s in zip(out, x.shape[1:3])]
+    return nn.max_pool(x, (window, window), (stride, stride), padding=[(0, pads[0]), (0, pads[1])])
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 3), (1, 9, 12, 2), (3, 7, 7, 1)])
+def test_values_and_gradients_match_xla(shape):
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))  # many ties at zero
+    x = x.at[0, 0, 0, 0].set(x[0, 1, 1, 0])                        # and a tie above zero
+    cotangent = jax.random.normal(jax.random.key(1), reference_pool(x, 3, 2).shape)
+    np.testing.assert_array_equal(caffe_max_pool(x, 3, 2), reference_pool(x, 3, 2))
+    ours = jax.vjp(lambda v: caffe_max_pool(v, 3, 2), x)[1](cotangent)[0]
+    theirs = jax.vjp(lambda v: reference_pool(v, 3, 2), x)[1](cotangent)[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(ours).sum()) > 0
+
+
+def test_gradient_under_jit_and_second_call():
+    x = jax.random.normal(jax.random.key(2), (2, 10, 10, 4))
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(caffe_max_pool(v, 3, 2) ** 2)))
+    ref = jax.grad(lambda v: jnp.sum(reference_pool(v, 3, 2) ** 2))(x)
+    np.testing.assert_allclose(grad(x), ref, rtol=1e-6)
