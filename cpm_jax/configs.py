@@ -31,13 +31,21 @@ def paper_data(dataset: str) -> ml_collections.ConfigDict:
     """The release's augmentation (reference section 4) and labels (section 3)."""
     return ml_collections.ConfigDict(dict(
         dataset=dataset,             # a name in data_pipelines.registry.DATASETS
-        person_height=0.64,          # canonical person height / input size (MPII: 1.171 * 200 / 368)
+        source="files",              # "files": official layout under `paths`; "tfds": a TFDS build
+        paths=dict(lsp="", lspet="", mpii="", flic=""),  # dataset directories (official layout)
+        tfds_data_dir="",            # where `python -m data_pipelines.build_tfds` wrote the builds
+        mpii_validation_file="",     # Tompson et al.'s detections.mat: the 2,958-person `valid` split
+        skip_bad_examples=False,     # True: skip and count unusable examples instead of stopping
+        eval_split="",               # scored after training; "" = the dataset's (test, valid, ...)
+        # Canonical person size / input size: the release's target_dist 41/35 at 200 px per MPII
+        # scale unit, 368 px input (records' `scale` is 200 x that unit).
+        person_height=41 / 35 * 200 / 368,
         scale_range=(0.7, 1.3),      # x U[a, b] on top of the canonical scale
         max_rotation=40.0,           # degrees, U[-r, r]
         flip_probability=0.5,
         target_sigma=7.0,            # input pixels
         center_sigma=21.0,           # input pixels
-        num_heldout=500,             # examples scored at the end of training
+        num_heldout=0,               # examples scored at the end of training; 0 = the whole split
         synthetic_image_size=160,    # canvas of the synthetic dataset, pixels
     ))
 
@@ -77,7 +85,10 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
 
 
 def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
-    """Raises ValueError naming the key for any value the code cannot honour."""
+    """Raises ValueError naming the key for any value the code cannot honour.
+
+    `known_datasets`: name -> object with `num_parts` (data_pipelines.registry.DATASETS); None
+    skips the data checks (model-only tools such as `summary`)."""
     m = config.model
 
     def check(ok: bool, key: str, value, want: str) -> None:
@@ -97,8 +108,18 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
     for key in ("kernel_init", "output_init"):
         check(m[key] in KERNEL_INITS, f"model.{key}", m[key], f"unknown; known: {', '.join(KERNEL_INITS)}")
     if known_datasets is not None:
-        check(config.data.dataset in known_datasets, "data.dataset", config.data.dataset,
+        d = config.data
+        check(d.dataset in known_datasets, "data.dataset", d.dataset,
               f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
+        dataset = known_datasets[d.dataset]
+        check(m.num_parts == dataset.num_parts, "model.num_parts", m.num_parts,
+              f"dataset {d.dataset!r} has {dataset.num_parts} parts")
+        check(d.get("source", "files") in ("files", "tfds"), "data.source", d.get("source"),
+              "must be 'files' or 'tfds'")
+        check(not d.get("eval_split") or d.eval_split in dataset.splits, "data.eval_split", d.get("eval_split"),
+              f"dataset {d.dataset!r} has splits {', '.join(dataset.splits)}")
+        check(dataset.read is not None or d.num_heldout >= 1, "data.num_heldout", d.num_heldout,
+              "must be >= 1 for an endless (synthetic) dataset")
     if "training" in config:
         t = config.training
         check(t.global_batch_size >= 1, "training.global_batch_size", t.global_batch_size, "must be >= 1")
@@ -109,3 +130,6 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
         check(0 < lo <= hi, "data.scale_range", tuple(d.scale_range), "must satisfy 0 < low <= high")
         check(0.0 <= d.flip_probability <= 1.0, "data.flip_probability", d.flip_probability,
               "must be in [0, 1]")
+        check(d.max_rotation >= 0, "data.max_rotation", d.max_rotation, "must be >= 0 (degrees)")
+        check(d.person_height > 0, "data.person_height", d.person_height, "must be > 0")
+        check(d.target_sigma > 0, "data.target_sigma", d.target_sigma, "must be > 0 (input pixels)")

@@ -9,7 +9,7 @@ import numpy as np
 from absl import logging
 
 from cpm_jax import inference, metrics, visualize
-from data_pipelines import pipeline
+from data_pipelines import pipeline, registry
 
 
 def make_predict_step(model):
@@ -40,35 +40,37 @@ def predict_split(config: ml_collections.ConfigDict, model, replicated_variables
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def pck_per_stage(predictions: dict, threshold: float = 0.2) -> list[dict]:
-    """LSP-style PCK@threshold of every stage, in stage order."""
-    return [metrics.lsp_pck(predictions["pred"][:, t], predictions["gt"], threshold)
+def pck_per_stage(predictions: dict, order, threshold: float = 0.2) -> list[dict]:
+    """LSP-style PCK@threshold of every stage, in stage order; `order` is the joints' Skeleton."""
+    return [metrics.lsp_pck(predictions["pred"][:, t], predictions["gt"], threshold, order)
             for t in range(predictions["pred"].shape[1])]
 
 
 def write_pictures(config, model, variables, workdir: str, num: int) -> list[str]:
     """skeletons.png: `num` held-out crops with final-stage skeletons (dotted: ground truth);
     beliefs_by_stage.png: the first crop's belief maps, stage by stage."""
-    batch = next(pipeline.eval_batches(config, 1, "heldout", num))
+    batch = next(pipeline.eval_batches(config, 1, count=num))
+    order = registry.get(config.data.dataset).skeleton
     batch = jax.tree.map(lambda x: x[0, :num], batch)
     beliefs = np.asarray(model.apply(variables, batch["image"], batch["center_map"], train=False))
     joints, _ = jax.device_get(inference.stage_joints(beliefs))
     images = [visualize.to_uint8(im) for im in batch["image"]]
     paths = [os.path.join(workdir, "skeletons.png"), os.path.join(workdir, "beliefs_by_stage.png")]
-    visualize.skeleton_grid(images, joints[:, -1], paths[0], ground_truth=batch["joints"])
-    visualize.belief_strip(images[0], beliefs[0], paths[1], joints_per_stage=joints[0])
+    visualize.skeleton_grid(images, joints[:, -1], paths[0], ground_truth=batch["joints"], order=order)
+    visualize.belief_strip(images[0], beliefs[0], paths[1], joints_per_stage=joints[0], order=order)
     return paths
 
 
 def evaluate_and_report(config, model, params, workdir: str, step: int) -> dict:
-    """PCK@0.2 of every stage on the held-out split -> metrics.json and PNGs in `workdir`."""
+    """PCK@0.2 of every stage on the evaluation split -> metrics.json and PNGs in `workdir`."""
     variables = {"params": params}
-    predictions = predict_split(config, model, flax.jax_utils.replicate(variables), "heldout")
-    per_stage = pck_per_stage(predictions)
+    split = pipeline.eval_split(config)
+    predictions = predict_split(config, model, flax.jax_utils.replicate(variables), split)
+    per_stage = pck_per_stage(predictions, registry.get(config.data.dataset).skeleton)
     result = {
         "step": step,
         "dataset": config.data.dataset,
-        "split": "heldout",
+        "split": split,
         "num_examples": int(len(predictions["index"])),
         "pck@0.2_per_stage": [s["total"] for s in per_stage],
         "final_stage": per_stage[-1],

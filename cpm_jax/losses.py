@@ -3,6 +3,13 @@ import jax
 import jax.numpy as jnp
 
 
+def stage_targets(targets: jax.Array, stage1_targets: jax.Array, num_stages: int) -> jax.Array:
+    """(B, T, h, w, P+1): `stage1_targets` (every person's peaks) for stage 1, the primary
+    person's `targets` (B, h, w, P+1) for every later stage (reference section 3, MPII)."""
+    later = jnp.broadcast_to(targets[:, None], (targets.shape[0], num_stages - 1) + targets.shape[1:])
+    return jnp.concatenate([stage1_targets[:, None], later], axis=1)
+
+
 def cpm_loss(beliefs: jax.Array, targets: jax.Array,
              intermediate_supervision: bool = True) -> tuple[jax.Array, jax.Array]:
     """Loss of every stage and their total.

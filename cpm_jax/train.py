@@ -38,7 +38,10 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
     def loss_fn(params):
         beliefs = state.apply_fn({"params": params}, batch["image"], batch["center_map"],
                                  train=True, rngs={"dropout": rng})
-        return losses.cpm_loss(beliefs, batch["targets"], intermediate_supervision)
+        targets = batch["targets"]
+        if "stage1_targets" in batch:
+            targets = losses.stage_targets(targets, batch["stage1_targets"], beliefs.shape[1])
+        return losses.cpm_loss(beliefs, targets, intermediate_supervision)
 
     (loss, stage_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, "batch")
@@ -77,10 +80,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     configs.validate(config, registry.DATASETS)
     t = config.training
     num_devices = jax.local_device_count()
-    for key in ("global_batch_size", "eval_batch_size"):
-        if t[key] % num_devices:
-            raise ValueError(f"config.training.{key} = {t[key]}: must be divisible by the "
-                             f"{num_devices} local devices")
+    for key, devices in (("global_batch_size", jax.device_count()), ("eval_batch_size", num_devices)):
+        if t[key] % devices:
+            raise ValueError(f"config.training.{key} = {t[key]}: must be divisible by the {devices} devices")
     checkpointing.write_config(workdir, config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(config, init_rng)
@@ -94,12 +96,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       axis_name="batch", donate_argnums=(0,))
     p_rng = flax.jax_utils.replicate(dropout_rng)
     progress = Progress(start_step, t.num_steps, t.global_batch_size, t.log_every)
-    batches = pipeline.train_batches(config, num_devices, start_step)
+    batches = pipeline.train_batches(config, num_devices, start_step, (jax.process_index(), jax.process_count()))
     for step in range(start_step + 1, t.num_steps + 1):
         p_state, metrics = p_step(p_state, next(batches), p_rng)
         progress.update(step, metrics)
         if step % t.checkpoint_every == 0 or step == t.num_steps:
             checkpointing.save(mngr, step, flax.jax_utils.unreplicate(p_state))
+            logging.info("saving checkpoint %d in %s", step, mngr.directory)
     mngr.wait_until_finished()
     state = flax.jax_utils.unreplicate(p_state)
     return evaluation.evaluate_and_report(config, cpm_model.CPM(config.model), state.params, workdir,

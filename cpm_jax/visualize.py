@@ -15,20 +15,23 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(image) + 0.5) * 256.0, 0, 255).astype(np.uint8)
 
 
-def _limb_colour(a: int, b: int) -> str:
-    names = skeleton.JOINT_NAMES[a] + skeleton.JOINT_NAMES[b]
+def _limb_colour(a: str, b: str) -> str:
+    names = a + b
     return RIGHT if "r_" in names and "l_" not in names else LEFT if "l_" in names and "r_" not in names else CENTRE
 
 
-def draw_skeleton(ax, joints: np.ndarray, style: str = "-", alpha: float = 1.0) -> None:
+def draw_skeleton(ax, joints: np.ndarray, style: str = "-", alpha: float = 1.0,
+                  order: skeleton.Skeleton = skeleton.LSP) -> None:
     """Draws (P, 2) pixel joints on `ax`: right limbs red, left limbs blue."""
-    for a, b in skeleton.LIMBS:
-        ax.plot(joints[[a, b], 0], joints[[a, b], 1], style, color=_limb_colour(a, b), lw=2, alpha=alpha)
+    for (a, b), (name_a, name_b) in zip(order.limb_indices, order.limbs):
+        ax.plot(joints[[a, b], 0], joints[[a, b], 1], style, color=_limb_colour(name_a, name_b), lw=2,
+                alpha=alpha)
     ax.scatter(joints[:, 0], joints[:, 1], s=10, c="white", edgecolors="black", linewidths=0.5,
                zorder=3, alpha=alpha)
 
 
-def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None) -> None:
+def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None,
+                  order: skeleton.Skeleton = skeleton.LSP) -> None:
     """A row of images (N, H, W, 3) uint8 with predicted skeletons (N, P, 2) drawn solid and the
     ground truth, if given, dotted."""
     n = len(images)
@@ -36,8 +39,8 @@ def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i])
         if ground_truth is not None:
-            draw_skeleton(ax, ground_truth[i], ":", alpha=0.7)
-        draw_skeleton(ax, predictions[i])
+            draw_skeleton(ax, ground_truth[i], ":", alpha=0.7, order=order)
+        draw_skeleton(ax, predictions[i], order=order)
         ax.set_axis_off()
         if titles:
             ax.set_title(titles[i], fontsize=8)
@@ -46,7 +49,8 @@ def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None
     plt.close(fig)
 
 
-def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_stage=None) -> None:
+def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_stage=None,
+                 order: skeleton.Skeleton = skeleton.LSP) -> None:
     """One column per stage: the image with that stage's part beliefs (max over parts) overlaid.
 
     image: (H, W, 3) uint8; beliefs: (T, h, w, P+1) cells; joints_per_stage: (T, P, 2) pixels."""
@@ -58,7 +62,7 @@ def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_s
         ax.imshow(beliefs[t, ..., :-1].max(-1), cmap="inferno", alpha=0.6, vmin=0, vmax=1,
                   extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
         if joints_per_stage is not None:
-            draw_skeleton(ax, joints_per_stage[t], alpha=0.8)
+            draw_skeleton(ax, joints_per_stage[t], alpha=0.8, order=order)
         ax.set_title(f"stage {t + 1}", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()

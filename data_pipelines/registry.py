@@ -1,60 +1,93 @@
-"""One registry: `config.data.dataset` names a source of common records (see augment.py).
+"""One registry: `config.data.dataset` names a dataset: its joint order, its splits, and how to
+open a split as a source of records (sources.py).
 
-A source is a function (data_config, split, start, count) -> tf.data.Dataset of record dicts,
-each with an int64 `index` (the example's position in its split, the seed of its augmentation).
-`count=None` asks for an endless stream from `start` (train), wrapping epochs for finite sets.
+Real datasets are read from their official layout under `config.data.paths.<name>`
+(`data.source = "files"`) or from a TFDS build in `data.tfds_data_dir` (`data.source = "tfds"`,
+see tfds_builders.py). `lsp+lspet` is the paper's LSP training set: LSPET plus LSP 1-1000,
+scaled together as the release did; its test split is LSP 1001-2000.
 """
-from typing import Callable, Optional
+import dataclasses
+from typing import Callable
 
 import ml_collections
-import numpy as np
-import tensorflow as tf
 
-from data_pipelines import skeleton, synthetic
+from data_pipelines import lsp, records, skeleton, sources
 
-Source = Callable[[ml_collections.ConfigDict, str, int, Optional[int]], tf.data.Dataset]
+SOURCE_KINDS = ("files", "tfds")
 
-RECORD_SIGNATURE = {
-    "image": tf.TensorSpec([None, None, 3], tf.uint8),
-    "joints": tf.TensorSpec([skeleton.NUM_JOINTS, 2], tf.float32),
-    "visibility": tf.TensorSpec([skeleton.NUM_JOINTS], tf.int32),
-    "center": tf.TensorSpec([2], tf.float32),
-    "scale": tf.TensorSpec([], tf.float32),
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    skeleton: skeleton.Skeleton
+    splits: tuple[str, ...]
+    eval_split: str                      # scored at the end of training
+    read: Callable[[ml_collections.ConfigDict, str], records.Annotations] | None  # raw files
+    tfds_parts: Callable[[str], list[tuple[str, str]]] | None  # split -> [(tfds name, split)]
+    multi_person: bool = False           # records carry other people (stage-1 targets)
+
+    @property
+    def num_parts(self) -> int:
+        return self.skeleton.num_joints
+
+
+def _path(data: ml_collections.ConfigDict, name: str) -> str:
+    path = data.paths.get(name) if "paths" in data else None
+    if not path:
+        raise ValueError(f"config.data.paths.{name} is not set: the directory of the {name} dataset "
+                         "in its official layout")
+    return path
+
+
+def _lsp_plus_lspet(data, split):
+    if split == "train":
+        return lsp.read_many([(_path(data, "lspet"), "train"), (_path(data, "lsp"), "train")], "lsp+lspet")
+    return lsp.read(_path(data, "lsp"), split, "lsp+lspet")
+
+
+def _mpii(data, split):
+    from data_pipelines import mpii
+    return mpii.read(_path(data, "mpii"), split, data.get("mpii_validation_file") or None)
+
+
+def _flic(data, split):
+    from data_pipelines import flic
+    return flic.read(_path(data, "flic"), split)
+
+
+DATASETS: dict[str, Dataset] = {
+    "synthetic": Dataset(skeleton.LSP, ("train", "heldout"), "heldout", None, None),
+    "lsp": Dataset(skeleton.LSP, ("train", "test"), "test",
+                   lambda data, split: lsp.read(_path(data, "lsp"), split, "lsp"),
+                   lambda split: [("lsp", split)]),
+    "lspet": Dataset(skeleton.LSP, ("train",), "train",
+                     lambda data, split: lsp.read(_path(data, "lspet"), split, "lspet"),
+                     lambda split: [("lspet", split)]),
+    "lsp+lspet": Dataset(skeleton.LSP, ("train", "test"), "test", _lsp_plus_lspet,
+                         lambda split: [("lspet", "train"), ("lsp", "train")] if split == "train"
+                         else [("lsp", split)]),
+    "mpii": Dataset(skeleton.LSP, ("train", "valid"), "valid", _mpii, lambda split: [("mpii", split)],
+                    multi_person=True),
+    "flic": Dataset(skeleton.FLIC, ("train", "test"), "test", _flic, lambda split: [("flic", split)],
+                    multi_person=True),
 }
-SYNTHETIC_SPLITS = {"train": "train", "heldout": "heldout", "test": "heldout"}
 
 
-def synthetic_records(data: ml_collections.ConfigDict, split: str, start: int = 0,
-                      count: Optional[int] = None) -> tf.data.Dataset:
-    """Procedural figures (data_pipelines/synthetic.py), rendered on the fly from their index."""
-    if split not in SYNTHETIC_SPLITS:
-        raise ValueError(f"synthetic dataset: unknown split {split!r}; known: {', '.join(SYNTHETIC_SPLITS)}")
-    split = SYNTHETIC_SPLITS[split]
-    seed, size = int(data.get("synthetic_seed", 0)), int(data.synthetic_image_size)
-    keys = list(RECORD_SIGNATURE)
-
-    def render(index):
-        example = synthetic.render_example(seed, split, int(index), size)
-        return [np.asarray(example[k]) for k in keys]
-
-    def to_record(index):
-        values = tf.numpy_function(render, [index], [s.dtype for s in RECORD_SIGNATURE.values()],
-                                   stateful=False)
-        record = {k: tf.ensure_shape(v, RECORD_SIGNATURE[k].shape) for k, v in zip(keys, values)}
-        record["index"] = index
-        return record
-
-    indices = tf.data.Dataset.range(start, start + count) if count is not None else \
-        tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-    return indices.map(to_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-DATASETS: dict[str, Source] = {
-    "synthetic": synthetic_records,
-}
-
-
-def get(name: str) -> Source:
+def get(name: str) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"config.data.dataset = {name!r}: unknown dataset; known: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def open_split(data: ml_collections.ConfigDict, split: str):
+    """The source of `split` of `data.dataset`: `.load(i)` -> record, `.size` (None: endless)."""
+    dataset = get(data.dataset)
+    if split not in dataset.splits:
+        raise ValueError(f"dataset {data.dataset!r}: unknown split {split!r}; known: {', '.join(dataset.splits)}")
+    if dataset.read is None:
+        return sources.SyntheticSource(int(data.get("synthetic_seed", 0)), split, int(data.synthetic_image_size))
+    skip = bool(data.get("skip_bad_examples", False))
+    if data.get("source", "files") == "tfds":
+        from data_pipelines import tfds_builders
+        return sources.concatenate([tfds_builders.source(name, part, data.tfds_data_dir, skip)
+                                    for name, part in dataset.tfds_parts(split)])
+    return sources.from_annotations(dataset.read(data, split), skip)

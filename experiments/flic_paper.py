@@ -1,4 +1,7 @@
-"""The paper's FLIC model: 4 stages, 9 parts, 368x368 input, the release's optimiser."""
+"""The paper's FLIC model: 4 stages, 9 parts, 368x368 input, the release's optimiser.
+
+    python -m cpm_jax.train --config experiments/flic_paper.py --workdir DIR --config.data.paths.flic=/data/FLIC
+"""
 from cpm_jax import configs
 
 

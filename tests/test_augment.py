@@ -24,7 +24,8 @@ def dotted_example(rng, shape=(120, 160)):
         image[y - 2:y + 3, x - 2:x + 3] = 255
     return {"image": tf.constant(image), "joints": tf.constant(joints),
             "visibility": tf.constant(np.full(14, 2, np.int32)),
-            "center": tf.constant(np.array([w / 2, h / 2], np.float32)), "scale": tf.constant(160.0)}
+            "center": tf.constant(np.array([w / 2, h / 2], np.float32)), "scale": tf.constant(160.0),
+            "others_joints": tf.zeros([0, 14, 2]), "others_visibility": tf.zeros([0, 14], tf.int32)}
 
 
 def inside(joints, margin=5):
@@ -36,8 +37,8 @@ def test_random_crop_keeps_dots_on_joints_and_peaks_within_one_cell(seed):
     data = tiny_config().data
     data.person_height = 0.9
     example = dotted_example(np.random.default_rng(seed))
-    image, joints, vis, _ = augment.train_crop(example, tf.constant([7, seed], tf.int64), data, SIZE)
-    image, joints = image.numpy(), joints.numpy()
+    crop = augment.train_crop(example, tf.constant([7, seed], tf.int64), data, SIZE, skeleton.FLIP_PERMUTATION)
+    image, joints, vis = crop["image"].numpy(), crop["joints"].numpy(), crop["visibility"]
     ok = inside(joints)
     assert ok.sum() >= 4, "the crop should keep several joints"
     for x, y in joints[ok]:
@@ -57,8 +58,9 @@ def test_random_crop_keeps_dots_on_joints_and_peaks_within_one_cell(seed):
 @pytest.mark.parametrize("flip", [False, True])
 def test_crop_to_image_inverts_the_crop(flip):
     example = dotted_example(np.random.default_rng(3))
-    _, joints, _, affine = augment.crop_example(example, SIZE, 0.8, 25.0, tf.constant(flip))
-    back = joints.numpy() @ affine.numpy()[:, :2].T + affine.numpy()[:, 2]
+    crop = augment.crop_example(example, SIZE, 0.8, 25.0, tf.constant(flip), skeleton.FLIP_PERMUTATION)
+    affine = crop["crop_to_image"].numpy()
+    back = crop["joints"].numpy() @ affine[:, :2].T + affine[:, 2]
     original = example["joints"].numpy()
     if flip:
         original = original[list(skeleton.FLIP_PERMUTATION)]
@@ -67,22 +69,26 @@ def test_crop_to_image_inverts_the_crop(flip):
 
 def test_flip_mirrors_image_and_swaps_left_right():
     example = dotted_example(np.random.default_rng(4))
-    plain = augment.crop_example(example, SIZE, 0.7, 10.0, tf.constant(False))
-    flipped = augment.crop_example(example, SIZE, 0.7, 10.0, tf.constant(True))
-    np.testing.assert_allclose(flipped[0].numpy(), plain[0].numpy()[:, ::-1])
+    plain = augment.crop_example(example, SIZE, 0.7, 10.0, tf.constant(False), skeleton.FLIP_PERMUTATION)
+    flipped = augment.crop_example(example, SIZE, 0.7, 10.0, tf.constant(True), skeleton.FLIP_PERMUTATION)
+    np.testing.assert_allclose(flipped["image"].numpy(), plain["image"].numpy()[:, ::-1])
     r_wrist, l_wrist = skeleton.JOINT_INDEX["r_wrist"], skeleton.JOINT_INDEX["l_wrist"]
-    np.testing.assert_allclose(flipped[1].numpy()[l_wrist], [SIZE - 1 - plain[1].numpy()[r_wrist, 0],
-                                                             plain[1].numpy()[r_wrist, 1]], atol=1e-4)
+    plain_joints, flipped_joints = plain["joints"].numpy(), flipped["joints"].numpy()
+    np.testing.assert_allclose(flipped_joints[l_wrist], [SIZE - 1 - plain_joints[r_wrist, 0],
+                                                         plain_joints[r_wrist, 1]], atol=1e-4)
     neck = skeleton.JOINT_INDEX["neck"]
-    assert flipped[1].numpy()[neck, 0] == pytest.approx(SIZE - 1 - plain[1].numpy()[neck, 0], abs=1e-4)
+    assert flipped_joints[neck, 0] == pytest.approx(SIZE - 1 - plain_joints[neck, 0], abs=1e-4)
 
 
 def test_flip_of_flip_is_identity():
     example = dotted_example(np.random.default_rng(5))
-    image, joints, vis, affine = augment.crop_example(example, SIZE, 0.9, -30.0, None)
-    twice = augment._flip(*augment._flip(image, joints, vis, affine, SIZE), SIZE)
-    for a, b in zip(twice, (image, joints, vis, affine)):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    crop = augment.crop_example(example, SIZE, 0.9, -30.0, None, None)
+    perm = skeleton.FLIP_PERMUTATION
+    twice = augment.flip_crop(augment.flip_crop(crop, SIZE, perm), SIZE, perm)
+    once = augment.flip_crop(crop, SIZE, perm)
+    assert not np.allclose(once["joints"].numpy(), crop["joints"].numpy())
+    for key in crop:
+        np.testing.assert_allclose(twice[key].numpy(), crop[key].numpy(), atol=1e-5)
 
 
 def test_flip_permutation_pairs_left_and_right():
@@ -97,7 +103,7 @@ def test_flip_permutation_pairs_left_and_right():
 def test_eval_crop_puts_the_person_at_canonical_size_in_the_centre():
     data = tiny_config().data
     example = dotted_example(np.random.default_rng(6))
-    _, joints, _, _ = augment.eval_crop(example, data, SIZE)
+    joints = augment.eval_crop(example, data, SIZE)["joints"]
     factor = data.person_height * SIZE / 160.0
     spread = np.ptp(example["joints"].numpy(), axis=0) * factor
     np.testing.assert_allclose(np.ptp(joints.numpy(), axis=0), spread, rtol=0.03)

@@ -41,5 +41,6 @@ def test_eval_batches_pad_the_last_batch_and_mark_it():
 def test_unknown_dataset_and_split_are_named():
     with pytest.raises(ValueError, match="unknown dataset; known: synthetic"):
         registry.get("coco")
-    with pytest.raises(ValueError, match="unknown split 'val'"):
-        registry.synthetic_records(tiny_config().data, "val")
+    assert registry.get("synthetic").num_parts == 14
+    with pytest.raises(ValueError, match="dataset 'synthetic': unknown split 'val'; known: train, heldout"):
+        registry.open_split(tiny_config().data, "val")

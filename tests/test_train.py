@@ -119,6 +119,8 @@ def test_unreadable_checkpoint_names_its_directory(tmp_path):
     ("model.input_size", 100, r"config.model.input_size = 100: must be a positive multiple of 8"),
     ("data.dataset", "imagenet", r"config.data.dataset = 'imagenet': unknown dataset; known: .*synthetic"),
     ("model.dropout_rate", 1.0, r"config.model.dropout_rate = 1.0"),
+    ("model.num_parts", 9, r"config.model.num_parts = 9: dataset 'synthetic' has 14 parts"),
+    ("model.kernel_init", "xavier", r"config.model.kernel_init = 'xavier': unknown; known: paper_normal"),
     ("data.scale_range", (1.3, 0.7), r"config.data.scale_range"),
 ])
 def test_bad_config_values_fail_clearly(key, value, message):

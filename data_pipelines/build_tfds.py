@@ -1,0 +1,30 @@
+"""Builds a TFDS dataset (array_record shards) offline from hand-downloaded files.
+
+  python -m data_pipelines.build_tfds --dataset lspet --manual_dir /data/lspet --data_dir /data/tfds
+
+Prints progress (TFDS's progress bars go to stderr) and the resulting split sizes. The datasets,
+the manual_dir layouts and the reading side are described in `data_pipelines/tfds_builders.py`.
+"""
+from absl import app, flags
+
+from data_pipelines import tfds_builders
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    tfds_builders.build_and_report(f.dataset, f.manual_dir, f.data_dir, overwrite=f.overwrite,
+                                   num_shards=f.num_shards)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_enum("dataset", None, list(tfds_builders.BUILDERS), "Dataset to build.")
+    flags.DEFINE_string("manual_dir", None, "Directory holding the hand-downloaded dataset "
+                        "(layout: the builder's MANUAL_DOWNLOAD_INSTRUCTIONS).")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory to write the build into.")
+    flags.DEFINE_bool("overwrite", False, "Rebuild even if this version is already built.")
+    flags.DEFINE_integer("num_shards", None, "Shards per split (default: TFDS's choice, "
+                         "at most 1 GiB each).")
+    flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"])
+    app.run(main)
