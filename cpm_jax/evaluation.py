@@ -26,9 +26,9 @@ def predict_split(config: ml_collections.ConfigDict, model, replicated_variables
     """Runs every stage on a split's canonical crops.
 
     Returns numpy arrays over the N real examples: `pred` (N, T, P, 2) and `gt` (N, P, 2) in
-    original-image pixels, `peak` (N, T, P), `index` (N,)."""
+    original-image pixels, `peak` (N, T, P), `visibility` (N, P), `index` (N,)."""
     predict = make_predict_step(model)
-    out = {"pred": [], "gt": [], "peak": [], "index": []}
+    out = {"pred": [], "gt": [], "peak": [], "visibility": [], "index": []}
     for batch in pipeline.eval_batches(config, jax.local_device_count(), split, count):
         joints, peak = jax.device_get(predict(replicated_variables, batch))
         flat = lambda x: x.reshape((-1,) + x.shape[2:])
@@ -36,13 +36,20 @@ def predict_split(config: ml_collections.ConfigDict, model, replicated_variables
         out["pred"].append(inference.crop_to_image(flat(joints), flat(batch["crop_to_image"]))[valid])
         out["gt"].append(flat(batch["image_joints"])[valid])
         out["peak"].append(flat(peak)[valid])
+        out["visibility"].append(flat(batch["visibility"])[valid])
         out["index"].append(flat(batch["index"])[valid])
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def pck_per_stage(predictions: dict, order, threshold: float = 0.2) -> list[dict]:
-    """LSP-style PCK@threshold of every stage, in stage order; `order` is the joints' Skeleton."""
-    return [metrics.lsp_pck(predictions["pred"][:, t], predictions["gt"], threshold, order)
+    """LSP-style PCK@threshold (torso-normalised) of every stage, in stage order, over the
+    labelled joints of examples whose torso joints are labelled (all joints of LSP's test set);
+    `order` is the joints' Skeleton."""
+    gt, labelled = predictions["gt"], predictions["visibility"] > 0
+    a, b = order.torso_indices
+    counted = labelled & (labelled[:, a] & labelled[:, b])[:, None]
+    torso = metrics.torso_size(gt, order)
+    return [metrics.pck(predictions["pred"][:, t], gt, torso, threshold, counted=counted, joints=order)
             for t in range(predictions["pred"].shape[1])]
 
 
@@ -77,7 +84,7 @@ def evaluate_and_report(config, model, params, workdir: str, step: int) -> dict:
     }
     for t, s in enumerate(per_stage, 1):
         logging.info("held-out PCK@0.2 stage %d: %.3f  (%s)", t, s["total"],
-                     " ".join(f"{k} {v:.2f}" for k, v in s["parts"].items()))
+                     " ".join(f"{k} {v:.2f}" for k, v in s["parts"].items() if v is not None))
     result["pictures"] = write_pictures(config, model, variables, workdir, config.training.num_visualized)
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)

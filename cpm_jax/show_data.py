@@ -1,7 +1,7 @@
 """PNGs of augmented training crops, to check the input pipeline by eye.
 
     python -m cpm_jax.show_data --config experiments/lsp_paper.py --num 16 --out DIR \
-        [--start N] [--config.x=y ...]
+        --config.data.paths.lsp=LSP_DIR --config.data.paths.lspet=LSPET_DIR [--start N] [--config.x=y ...]
 
 For each of `--num` training examples from stream position `--start` (the examples training
 step k = start / batch would see), `DIR/example_<position>.png` shows
@@ -9,8 +9,9 @@ step k = start / batch would see), `DIR/example_<position>.png` shows
   (b) the belief-map targets (max over parts, upsampled to the crop) over the crop, and
   (c) for multi-person datasets, the stage-1 targets (every person's peaks).
 Joints that get no peak (visibility 0: unlabelled, or outside the original image) are drawn
-as grey crosses, without bones; white rings mark occluded joints. `DIR/overview.png` is a contact sheet of every crop with its
-skeleton. The paths written are printed, one a line.
+as grey crosses, without bones; white rings mark occluded joints; in the target panels cyan
+crosses mark the joints that get a peak. `DIR/overview.png` is a contact sheet of every crop
+with its skeleton. The paths written are printed, one a line.
 """
 import math
 import os

@@ -3,20 +3,23 @@
 Both ship `joints.mat` with one variable `joints`, told apart by shape, not by file name:
   LSP    3 x 14 x N (x, y, flag), flag 1 = occluded;   images/im0001.jpg ...; 1-1000 train, 1001-2000 test
   LSPET  14 x 3 x N (x, y, flag), flag 1 = visible;    images/im00001.jpg ...; all train
-Coordinates are 1-based MATLAB pixels; records are 0-based. Every joint is labelled (visibility
-2 visible, 1 occluded); LSPET joints of truncated people may lie outside the image.
+Coordinates are 1-based MATLAB pixels; records are 0-based. Every LSP joint is labelled
+(visibility 2 visible, 1 occluded). LSPET's flag-0 joints carry no position: all 16,787 of them
+sit on the x = 0 or y = 0 axis outside the image, a placeholder, so they are not labelled
+(visibility 0); its labelled joints of truncated people may lie outside the image (20 do).
 
 Centre and scale follow the release's genJSON.m: LSP images are tight crops, so the centre is
 the image centre; LSPET's is the middle of the visible joints' bounding box. The scale is
 `mpi_like_scale`, computed over the samples read together (LSPET + LSP 1-1000 for `lsp+lspet`).
 """
 import os
+import warnings
 
 import numpy as np
 import scipy.io
 from PIL import Image
 
-from data_pipelines import records, skeleton
+from data_pipelines import matfile, records, skeleton
 from data_pipelines.records import BadExampleError
 
 LSP_TRAIN = range(0, 1000)     # 0-based sample indices
@@ -39,7 +42,7 @@ def read_joints(path: str) -> tuple[str, np.ndarray]:
     """(layout, joints (N, 14, 3)) from an LSP or LSPET `joints.mat`; layout 'lsp' or 'lspet'."""
     try:
         mat = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError) as error:
+    except matfile.MAT_ERRORS as error:
         raise BadExampleError(f"{path}: cannot read as a MATLAB file: {error}") from error
     if "joints" not in mat:
         raise BadExampleError(f"{path}: no variable 'joints' (found: {', '.join(k for k in mat if not k.startswith('__'))})")
@@ -73,7 +76,10 @@ def mpi_like_scale(joints: np.ndarray, visible: np.ndarray) -> np.ndarray:
     scales = np.empty(len(joints))
     for i in range(len(joints)):
         seen = normalised[i, limb_visible[i]]
-        zoom = _TARGET_DIST / (np.quantile(seen, 0.75, method="hazen") / 35.0) if seen.size else np.nan
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no usable limb
+            # MATLAB's quantile: NaN limbs (no median ratio) dropped, positions (i - 0.5) / n.
+            zoom = _TARGET_DIST / (np.nanquantile(seen, 0.75, method="hazen") / 35.0) if seen.size else np.nan
         points = joints[i, visible[i]]
         with np.errstate(divide="ignore"):
             bound = (_BOX - _MARGIN) / np.ptp(points, axis=0).max() if len(points) else np.nan
@@ -116,11 +122,12 @@ def read_many(parts: list[tuple[str, str]], name: str | None = None) -> records.
             indices = np.arange(len(joints))
             visible = joints[:, :, 2] == 1
             names = [f"images/im{i + 1:05d}.jpg" for i in indices]
-        rows.append((layout, root, names, joints[indices, :, :2] - 1.0, visible))
+        visibility = np.where(visible, 2, 1 if layout == "lsp" else 0)
+        rows.append((layout, root, names, joints[indices, :, :2] - 1.0, visible, visibility))
 
     scale = mpi_like_scale(np.concatenate([r[3] for r in rows]), np.concatenate([r[4] for r in rows]))
     tables, start = [], 0
-    for layout, root, names, joints, visible in rows:
+    for layout, root, names, joints, visible, visibility in rows:
         paths = [os.path.join(root, n) for n in names]
         if layout == "lsp":
             center = (np.array([_image_size(p) for p in paths], np.float64) - 1.0) / 2.0
@@ -129,7 +136,7 @@ def read_many(parts: list[tuple[str, str]], name: str | None = None) -> records.
                 shown = np.where(visible[..., None], joints, np.nan)
                 center = (np.nanmin(shown, axis=1) + np.nanmax(shown, axis=1)) / 2.0
         n = len(names)
-        tables.append(records.make(name or layout, paths, joints, np.where(visible, 2, 1), center,
+        tables.append(records.make(name or layout, paths, joints, visibility, center,
                                    200.0 * scale[start:start + n]))
         start += n
     return tables[0] if len(tables) == 1 else records.concatenate(name or "lsp+lspet", tables)

@@ -16,7 +16,8 @@ same examples and augmentation, so a resumed run sees what an uninterrupted one 
 split is read epoch after epoch, each epoch a fresh permutation drawn statelessly from
 (seed, epoch); process i of n takes every n-th slot of it, so processes read disjoint examples
 and an epoch is size // n examples per process. Augmentation is seeded by (seed, epoch x size +
-index): new every epoch. Evaluation reads a split in order.
+index): new every epoch. Evaluation reads a split in order. With `data.skip_bad_examples` the
+skipped examples leave gaps, so a resumed run is exact only up to the first skipped example.
 """
 import atexit
 import os
@@ -134,6 +135,15 @@ def record_stream(source, positions: tf.data.Dataset, to_index=None) -> tf.data.
     return ds.filter(lambda r: r.pop("ok"))
 
 
+def train_records(source, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1),
+                  count: int | None = None) -> tf.data.Dataset:
+    """The training stream of process `shard` from position `start` (endless unless `count`)."""
+    if source.size:  # report skipped examples once per epoch of this process
+        source.bad_examples.epoch_size = source.size // shard[1]
+    positions = tf.data.Dataset.range(start, start + count if count else np.iinfo(np.int64).max)
+    return record_stream(source, positions, _stream_indices(source.size, seed, shard))
+
+
 def _label_visibility(record):
     """Joints outside the original image get no peak (the release's `isVisible = 2`)."""
     height, width = tf.unstack(tf.cast(tf.shape(record["image"])[:2], tf.float32))
@@ -172,8 +182,7 @@ def train_examples(config: ml_collections.ConfigDict, start: int = 0,
             example["stage1_targets"] = targets.belief_targets(everyone, labelled, size, sigma=data.target_sigma)
         return example
 
-    positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-    records = record_stream(source, positions, _stream_indices(source.size, config.seed, shard))
+    records = train_records(source, config.seed, start, shard)
     return records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

@@ -22,10 +22,13 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     """Encoded JPEG or PNG -> uint8 (H, W, 3) RGB, by content, not by file name.
 
     Grayscale, palette, CMYK and alpha images are converted to RGB, as OpenCV's imread does in
-    the release. A truncated or undecodable file raises BadExampleError naming `where`."""
+    the release; 16-bit images keep their top 8 bits (as imread). A truncated or undecodable
+    file raises BadExampleError naming `where`."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes everything: a truncated JPEG raises here
+            if image.mode.startswith("I"):  # 16-bit grayscale (PIL's "I;16" or "I")
+                image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
             return np.asarray(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BadExampleError(f"{where}: cannot decode the image: {error}") from error

@@ -38,7 +38,8 @@ def belief_targets(joints, visibility, input_size: int, sigma: float = TARGET_SI
     dy2 = tf.square(centres - joints[..., 1:2])                # (..., P, H)
     d2 = dy2[..., :, None] + dx2[..., None, :]                 # (..., P, H, W)
     peaks = tf.exp(-d2 / (2.0 * sigma * sigma))
-    peaks = tf.where(peaks < TARGET_CUTOFF, 0.0, peaks) * labelled[..., None, None]
+    # tf.where, not a product: an unlabelled joint may carry NaN coordinates (NaN x 0 = NaN).
+    peaks = tf.where((peaks >= TARGET_CUTOFF) & (labelled[..., None, None] > 0), peaks, 0.0)
     peaks = tf.reshape(peaks, [-1] + peaks.shape[-3:].as_list())
     parts = tf.minimum(tf.reduce_sum(peaks, axis=0), 1.0)     # (P, H, W)
     parts = tf.transpose(parts, [1, 2, 0])                     # (H, W, P)

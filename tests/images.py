@@ -1,0 +1,97 @@
+"""Small image files and LSP / LSP Extended layouts written by tests (reference section 7).
+
+Coordinates given to the writers are the files' own 1-based MATLAB pixels.
+"""
+import io
+import os
+import pathlib
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from tests.conftest import SHARED
+
+LSPET_ROOT = SHARED / "datasets" / "lspet"
+
+
+def lspet_available() -> bool:
+    return (LSPET_ROOT / "joints.mat").is_file() and (LSPET_ROOT / "images" / "im00001.jpg").is_file()
+
+
+def gradient(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth uint8 (H, W, 3) RGB image (survives JPEG well) that differs with `seed`."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    phase = seed * 37 % 256
+    r = (xx * 255 / max(width - 1, 1) + phase) % 256
+    g = (yy * 255 / max(height - 1, 1) + 2 * phase) % 256
+    b = 255 - r
+    return np.stack([r, g, b], -1).astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str = "JPEG", mode: str | None = None, **options) -> bytes:
+    """`array` (H, W, 3) or (H, W) encoded as `fmt`, after conversion to PIL `mode` if given."""
+    image = Image.fromarray(np.asarray(array, np.uint8))
+    if mode is not None:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def write(path, data: bytes) -> str:
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_bytes(data)
+    return str(path)
+
+
+def write_jpeg(path, array: np.ndarray, quality: int = 95) -> str:
+    return write(path, encode(array, "JPEG", quality=quality))
+
+
+def lsp_matrix(joints: np.ndarray, flags: np.ndarray, layout: str) -> np.ndarray:
+    """The `joints` variable of a joints.mat: (N, 14, 2) 1-based pixels and (N, 14) flags ->
+    3 x 14 x N ('lsp') or 14 x 3 x N ('lspet')."""
+    stacked = np.concatenate([np.asarray(joints, np.float64), np.asarray(flags, np.float64)[..., None]], -1)
+    if layout == "lsp":
+        return stacked.transpose(2, 1, 0)       # (3, 14, N)
+    if layout == "lspet":
+        return stacked.transpose(1, 2, 0)       # (14, 3, N)
+    raise ValueError(layout)
+
+
+def write_joints_mat(path, joints: np.ndarray, flags: np.ndarray, layout: str) -> str:
+    scipy.io.savemat(str(path), {"joints": lsp_matrix(joints, flags, layout)})
+    return str(path)
+
+
+def image_name(layout: str, i: int) -> str:
+    """File of 0-based sample i: images/im0001.jpg (LSP), images/im00001.jpg (LSPET)."""
+    return f"images/im{i + 1:04d}.jpg" if layout == "lsp" else f"images/im{i + 1:05d}.jpg"
+
+
+def write_layout(root, joints: np.ndarray, flags: np.ndarray, layout: str,
+                 sizes: np.ndarray | None = None) -> pathlib.Path:
+    """An LSP or LSPET directory: joints.mat plus one tiny JPEG per sample of (width, height)
+    `sizes[i]` (grey gradient, quality 50: small and fast). `sizes` None writes no images."""
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    write_joints_mat(root / "joints.mat", joints, flags, layout)
+    if sizes is not None:
+        for i, (w, h) in enumerate(sizes):
+            Image.new("RGB", (int(w), int(h)), (i % 256, 128, 64)).save(root / image_name(layout, i),
+                                                                          "JPEG", quality=50)
+    return root
+
+
+def lspet_subset(root, count: int) -> pathlib.Path:
+    """An LSPET directory of the real set's first `count` samples: their columns of joints.mat
+    and symlinks to their images (nothing is copied)."""
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    joints = scipy.io.loadmat(str(LSPET_ROOT / "joints.mat"))["joints"]
+    scipy.io.savemat(str(root / "joints.mat"), {"joints": joints[:, :, :count]})
+    for i in range(count):
+        name = image_name("lspet", i)
+        os.symlink(LSPET_ROOT / name, root / name)
+    return root

@@ -1,0 +1,398 @@
+"""LSP and LSP Extended readers (data_pipelines/lsp.py, reference section 7) and the release's
+`insertMPILikeScale` (genJSON.m), on the real LSPET copy and on small files written here."""
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from data_pipelines import lsp, records, registry, sources
+from tests import images
+from tests.conftest import tiny_config
+
+# Reference section 7: the project-wide LSP joint order.
+LSP_ORDER = ("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
+             "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top")
+J = {name: i for i, name in enumerate(LSP_ORDER)}
+
+# genJSON.m ('LEEDS') moves LSP's joints into MPII's 16 slots and, in insertMPILikeScale, drops
+# the two dummy slots (pelvis, thorax): it works on the joints in this order, with the 1-based
+# parents `pa = [2 3 7, 5 4 7, 8 0, 10 11 7, 13 12 7]`; limbs are the children [1:7, 9:14], the
+# 7th (neck -> head top) is the reference. Written out here independently of lsp._LIMBS.
+GENJSON_ORDER = ("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "neck", "head_top",
+                 "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist")
+GENJSON_PA = (2, 3, 7, 5, 4, 7, 8, 0, 10, 11, 7, 13, 12, 7)
+TARGET_DIST = 41 / 35
+BOX, PSIZE = 368, 64
+
+
+def matlab_quantile(values: np.ndarray, p: float) -> float:
+    """MATLAB's quantile of a vector: NaNs removed; sorted x(i) sits at (i - 0.5) / n, linear
+    interpolation between, the extremes beyond."""
+    x = np.sort(np.asarray(values, np.float64)[~np.isnan(values)])
+    n = len(x)
+    if n == 0:
+        return np.nan
+    h = n * p + 0.5                       # 1-based position
+    if h <= 1:
+        return float(x[0])
+    if h >= n:
+        return float(x[-1])
+    lo = int(np.floor(h))
+    return float(x[lo - 1] + (h - lo) * (x[lo] - x[lo - 1]))
+
+
+def genjson_scale(joints: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """insertMPILikeScale, step by step as in genJSON.m: (N,) `scale_provided` (MPII units) of
+    joints (N, 14, 2) in LSP order with visible (N, 14) bool."""
+    order = [J[name] for name in GENJSON_ORDER]
+    x, y = joints[:, order, 0].astype(np.float64), joints[:, order, 1].astype(np.float64)
+    vis = visible[:, order].astype(np.float64)
+    children = np.array([c for c in range(1, 15) if c != 8]) - 1
+    parents = np.array([GENJSON_PA[c] for c in children]) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        length = np.sqrt((x[:, children] - x[:, parents]) ** 2 + (y[:, children] - y[:, parents]) ** 2)
+        limb_vis = vis[:, children] * vis[:, parents]
+        r = np.empty(13)
+        for p in range(13):
+            valid = limb_vis[:, 6] * limb_vis[:, p] == 1
+            ratio = length[valid, p] / length[valid, 6]
+            ratio = ratio[~np.isnan(ratio)]
+            r[p] = np.median(ratio) if ratio.size else np.nan
+        out = np.empty(len(x))
+        for f in range(len(x)):
+            update = (length[f] / r)[limb_vis[f] == 1]
+            scale_in_cpp = TARGET_DIST / (matlab_quantile(update, 0.75) / 35)
+            shown = vis[f] == 1
+            x_ub = (BOX - PSIZE) / (x[f, shown].max() - x[f, shown].min())
+            y_ub = (BOX - PSIZE) / (y[f, shown].max() - y[f, shown].min())
+            candidates = [v for v in (min(x_ub, y_ub), scale_in_cpp) if not np.isnan(v)]  # MATLAB's min skips NaN
+            out[f] = TARGET_DIST / min(candidates)
+    return out
+
+
+# A hand-built standing person (LSP order, pixels): head-neck 30 px, 170 px tall, 68 px wide.
+PERSON = np.array([(60, 190), (62, 150), (64, 110), (84, 110), (86, 150), (88, 190),
+                   (40, 115), (48, 85), (58, 55), (90, 55), (100, 85), (108, 115),
+                   (74, 50), (74, 20)], np.float64)
+ALL_VISIBLE = np.ones(14, bool)
+
+
+def random_people(rng, n: int, spread: float = 60.0) -> np.ndarray:
+    """n jittered copies of PERSON at random sizes and positions, (n, 14, 2)."""
+    size = rng.uniform(0.5, 1.5, (n, 1, 1))
+    return (PERSON + rng.normal(0, 8, (n, 14, 2))) * size + rng.uniform(0, spread, (n, 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The real LSP Extended set.
+
+@pytest.fixture(scope="module")
+def lspet_real():
+    if not images.lspet_available():
+        pytest.skip(f"the LSP Extended copy is missing: no {images.LSPET_ROOT}/joints.mat and images/")
+    ann = lsp.read(str(images.LSPET_ROOT), "train")
+    raw = scipy.io.loadmat(str(images.LSPET_ROOT / "joints.mat"))["joints"]     # 14 x 3 x N
+    return ann, raw
+
+
+def test_real_lspet_rows_are_0_based_with_visibility_from_the_flag(lspet_real):
+    ann, raw = lspet_real
+    assert raw.shape == (14, 3, 10000)
+    assert len(ann) == 10000 and ann.num_parts == 14
+    assert ann.image_paths[0] == str(images.LSPET_ROOT / "images" / "im00001.jpg")
+    assert ann.image_paths[-1] == str(images.LSPET_ROOT / "images" / "im10000.jpg")
+    assert np.isfinite(ann.joints).all()
+    # A couple of entries by hand: sample 1's right knee, sample 10000's head top.
+    assert ann.joints[0, J["r_knee"]] == pytest.approx(raw[J["r_knee"], :2, 0] - 1, abs=1e-4)
+    assert ann.joints[9999, J["head_top"]] == pytest.approx(raw[J["head_top"], :2, 9999] - 1, abs=1e-4)
+    np.testing.assert_allclose(ann.joints, raw[:, :2].transpose(2, 0, 1) - 1, atol=1e-4)
+    # LSPET flag 1 = visible -> 2; flag 0 joints have no position (a placeholder on the x = 0 or
+    # y = 0 axis, 1-based), so they are not labelled -> 0.
+    flags = raw[:, 2].T
+    assert set(np.unique(flags)) == {0.0, 1.0}
+    np.testing.assert_array_equal(ann.visibility, np.where(flags == 1, 2, 0))
+    placeholder = raw[:, :2].transpose(2, 0, 1)[flags == 0]
+    assert ((placeholder[:, 0] == 0) | (placeholder[:, 1] == 0)).all()
+
+
+def test_real_lspet_has_labelled_joints_outside_the_image(lspet_real):
+    ann, raw = lspet_real
+    outside = (ann.joints < -0.5).any(-1) & (ann.visibility > 0)   # left of / above the first pixel
+    assert outside.sum() >= 5, "LSPET's truncated people have labelled joints at negative coordinates"
+    assert (ann.visibility[outside] == 2).all()
+
+
+def test_real_lspet_centres_are_the_middle_of_the_visible_joints(lspet_real):
+    ann, raw = lspet_real
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(ann), 25, replace=False):
+        visible = raw[:, 2, i] == 1
+        xy = raw[visible, :2, i] - 1
+        expected = (xy.min(0) + xy.max(0)) / 2
+        np.testing.assert_allclose(ann.center[i], expected, atol=1e-3, err_msg=f"sample {i}")
+    # ... and since visible joints are in the picture, every centre lies in its image.
+    sizes = np.array([Image.open(p).size for p in ann.image_paths], np.float64)      # (w, h)
+    assert ((ann.center >= -0.5) & (ann.center <= sizes - 0.5)).all()
+
+
+def test_real_lspet_scales_are_sane_and_follow_genjson(lspet_real):
+    ann, raw = lspet_real
+    assert (ann.scale > 0).all() and np.isfinite(ann.scale).all()
+    # The README: people are scaled to about 150 px long.
+    assert 80 < np.median(ann.scale) < 300
+    expected = 200 * genjson_scale(raw[:, :2].transpose(2, 0, 1) - 1, raw[:, 2].T == 1)
+    np.testing.assert_allclose(ann.scale, expected, rtol=1e-4)
+
+
+def test_real_lspet_images_decode_to_their_jpeg_size(lspet_real):
+    ann, _ = lspet_real
+    source = sources.from_annotations(ann)
+    assert source.size == 10000 and source.num_parts == 14
+    for i in (0, 1, 4321, 9999):
+        record = source.load(i)
+        with Image.open(ann.image_paths[i]) as image:
+            width, height = image.size
+            rgb = np.asarray(image.convert("RGB"))
+        assert record["image"].shape == (height, width, 3) and record["image"].dtype == np.uint8
+        np.testing.assert_array_equal(record["image"], rgb)
+        np.testing.assert_array_equal(record["joints"], ann.joints[i])
+        assert record["others_joints"].shape == (0, 14, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small LSP (3 x 14 x 2000, flag 1 = occluded) written here.
+
+@pytest.fixture(scope="module")
+def small_lsp(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    n = 2000
+    sizes = np.stack([rng.integers(6, 21, n), rng.integers(4, 31, n)], -1)       # (w, h)
+    joints = rng.uniform(1, sizes[:, None, :], (n, 14, 2)).round(2)              # 1-based
+    flags = (rng.uniform(size=(n, 14)) < 0.3).astype(np.float64)
+    root = images.write_layout(tmp_path_factory.mktemp("lsp"), joints, flags, "lsp", sizes)
+    return root, joints, flags, sizes
+
+
+@pytest.mark.parametrize("split, first", [("train", 0), ("test", 1000)])
+def test_lsp_split_rows(small_lsp, split, first):
+    root, joints, flags, sizes = small_lsp
+    ann = lsp.read(str(root), split)
+    rows = np.arange(first, first + 1000)
+    assert len(ann) == 1000
+    assert list(ann.image_paths) == [str(root / f"images/im{i + 1:04d}.jpg") for i in rows]
+    np.testing.assert_array_equal(ann.joints, (joints[rows] - 1).astype(np.float32))
+    np.testing.assert_array_equal(ann.visibility, np.where(flags[rows] == 0, 2, 1))
+    np.testing.assert_array_equal(ann.center, ((sizes[rows] - 1) / 2).astype(np.float32))
+    # A split is scaled by itself (genJSON.m's visible = 1 - flag).
+    np.testing.assert_allclose(ann.scale, 200 * genjson_scale(joints[rows] - 1, flags[rows] == 0), rtol=1e-5)
+    assert ann.others_joints.shape == (1000, 0, 14, 2)
+
+
+def test_lsp_images_load_with_their_size(small_lsp):
+    root, joints, flags, sizes = small_lsp
+    source = sources.from_annotations(lsp.read(str(root), "test"))
+    for i in (0, 537, 999):
+        w, h = sizes[1000 + i]
+        record = source.load(i)
+        assert record["image"].shape == (h, w, 3)
+        np.testing.assert_array_equal(record["center"], [(w - 1) / 2, (h - 1) / 2])
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # samples with no visible joint
+def test_layout_is_told_by_shape_not_by_name(tmp_path, small_lsp):
+    _, joints, flags, _ = small_lsp
+    # The LSPET layout under the same file name: read as LSPET (flag 1 = visible, 5-digit names).
+    lspet_root = images.write_layout(tmp_path / "x", joints[:40], flags[:40], "lspet")
+    layout, read = lsp.read_joints(str(lspet_root / "joints.mat"))
+    assert layout == "lspet" and read.shape == (40, 14, 3)
+    np.testing.assert_array_equal(read[..., :2], joints[:40])
+    ann = lsp.read(str(lspet_root), "train")
+    assert len(ann) == 40 and ann.image_paths[39] == str(lspet_root / "images/im00040.jpg")
+    np.testing.assert_array_equal(ann.visibility, np.where(flags[:40] == 1, 2, 0))
+    visible = flags[:40] == 1
+    for i in range(5):
+        xy = joints[i, visible[i]] - 1
+        np.testing.assert_allclose(ann.center[i], (xy.min(0) + xy.max(0)) / 2, atol=1e-4)
+    # The LSP layout of 40 samples is recognised as LSP, and is too short for its splits.
+    lsp_root = images.write_layout(tmp_path / "y", joints[:40], flags[:40], "lsp")
+    assert lsp.read_joints(str(lsp_root / "joints.mat"))[0] == "lsp"
+    with pytest.raises(records.BadExampleError, match="40 samples"):
+        lsp.read(str(lsp_root), "train")
+
+
+@pytest.mark.parametrize("shape", [(2, 14, 5), (14, 2, 5), (3, 15, 5), (15, 3, 5), (3, 14), (14, 3, 5, 2)])
+def test_wrong_joints_shapes_are_named(tmp_path, shape):
+    path = tmp_path / "joints.mat"
+    scipy.io.savemat(str(path), {"joints": np.ones(shape)})
+    with pytest.raises(records.BadExampleError, match="joints.mat") as error:
+        lsp.read_joints(str(path))
+    assert str(path) in str(error.value) and "shape" in str(error.value)
+    with pytest.raises(records.BadExampleError, match=str(path)):
+        lsp.read(str(tmp_path), "train")
+
+
+def test_no_joints_variable_is_named(tmp_path):
+    scipy.io.savemat(str(tmp_path / "joints.mat"), {"points": np.ones((3, 14, 5))})
+    with pytest.raises(records.BadExampleError, match="no variable 'joints'") as error:
+        lsp.read(str(tmp_path), "train")
+    assert str(tmp_path / "joints.mat") in str(error.value) and "points" in str(error.value)
+
+
+# A MATLAB v7.3 (HDF5) file's 128-byte header: scipy.io.loadmat cannot read those.
+V73_HEADER = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + bytes(8) + b"\x00\x02IM").ljust(512, b"\x00")
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(bytes(range(256)) * 8, id="garbage"),
+    pytest.param(b"joints = [1 2 3]\n" * 20, id="text"),
+    pytest.param(images.encode(images.gradient(8, 8)), id="jpeg"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"joints = [1 2 3]\n", id="short-text"),
+    pytest.param(V73_HEADER, id="matlab-v7.3"),
+])
+def test_a_file_that_is_not_a_readable_matlab_file_is_named(tmp_path, content):
+    (tmp_path / "joints.mat").write_bytes(content)
+    with pytest.raises(records.BadExampleError, match="cannot read as a MATLAB file") as error:
+        lsp.read(str(tmp_path), "train")
+    assert str(tmp_path / "joints.mat") in str(error.value)
+
+
+def test_a_missing_joints_file_is_named(tmp_path):
+    with pytest.raises(records.BadExampleError, match=str(tmp_path / "missing" / "joints.mat")):
+        lsp.read(str(tmp_path / "missing"), "train")
+
+
+def test_unknown_splits_are_named(tmp_path, small_lsp):
+    root, joints, flags, _ = small_lsp
+    for split in ("val", "validation", "Train"):
+        with pytest.raises(ValueError, match=f"'{split}'"):
+            lsp.read(str(root), split)
+    lspet_root = images.write_layout(tmp_path, joints[:10], flags[:10], "lspet")
+    with pytest.raises(ValueError, match="'test'"):
+        lsp.read(str(lspet_root), "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# mpi_like_scale (genJSON.m's insertMPILikeScale) on hand-built people.
+
+def test_one_person_is_scaled_by_the_neck_head_limb():
+    # Alone, every limb's median ratio is its own ratio to neck-head, so every normalised limb
+    # is the neck-head length (30 px) and so is their 75th percentile: scale = 30 / 35.
+    scale = lsp.mpi_like_scale(PERSON[None], ALL_VISIBLE[None])
+    assert scale == pytest.approx([30 / 35], rel=1e-9)
+
+
+def test_two_identical_people_scaled_by_two_have_scales_in_ratio_two():
+    shifted = PERSON * 2 + [300.0, -40.0]
+    scale = lsp.mpi_like_scale(np.stack([PERSON, shifted]), np.ones((2, 14), bool))
+    assert scale[1] / scale[0] == pytest.approx(2.0, rel=1e-9)
+    # Same proportions: the normalised limbs are each person's neck-head length.
+    np.testing.assert_allclose(scale, [30 / 35, 60 / 35], rtol=1e-9)
+
+
+def test_a_person_too_wide_at_the_canonical_zoom_is_squeezed_into_304_px():
+    person = PERSON.copy()
+    person[J["head_top"]] = (74, 40)               # neck-head 10 px: canonical zoom (41/35)/(10/35) = 4.1
+    extent = 190 - 40                              # y range of the joints; x range 68 is smaller
+    assert extent * 4.1 > BOX - PSIZE
+    expected = TARGET_DIST * extent / (BOX - PSIZE)   # the zoom capped at 304 / extent
+    assert lsp.mpi_like_scale(person[None], ALL_VISIBLE[None]) == pytest.approx([expected], rel=1e-9)
+    # An occluded joint far away neither widens the person nor enters the limbs.
+    far, visible = person.copy(), ALL_VISIBLE.copy()
+    far[J["l_ankle"]], visible[J["l_ankle"]] = (5000, 5000), False
+    assert lsp.mpi_like_scale(far[None], visible[None]) == pytest.approx([expected], rel=1e-9)
+    # Not squeezed: at 30 px neck-head the zoom is 41/30 and 170 px become 232 < 304.
+    assert lsp.mpi_like_scale(PERSON[None], ALL_VISIBLE[None])[0] == pytest.approx(30 / 35)
+
+
+def test_medians_and_75th_percentile_match_genjson_on_a_crowd():
+    rng = np.random.default_rng(2)
+    joints = random_people(rng, 41)
+    visible = rng.uniform(size=(41, 14)) > 0.2
+    visible[:, [J["neck"], J["head_top"]]] |= rng.uniform(size=(41, 1)) > 0.3
+    # Five people with a far-flung wrist and ankle (2 limbs of 13: the 75th percentile barely
+    # moves, the extent does): squeezed into 304 px.
+    neck = J["neck"]
+    for far in (J["r_wrist"], J["l_ankle"]):
+        joints[:5, far] = joints[:5, neck] + 4 * (joints[:5, far] - joints[:5, neck])
+        visible[:5, far] = True
+    visible[:5, [J["r_elbow"], neck, J["head_top"]]] = True
+    expected = genjson_scale(joints, visible)
+    assert np.isfinite(expected).all()
+    span = np.array([np.ptp(joints[i, visible[i]], axis=0).max() for i in range(41)])
+    squeezed = np.isclose(expected, TARGET_DIST * span / (BOX - PSIZE), rtol=1e-12)
+    assert 3 <= squeezed.sum() <= 10, squeezed.sum()
+    np.testing.assert_allclose(lsp.mpi_like_scale(joints, visible), expected, rtol=1e-9)
+
+
+def test_the_quantile_is_matlabs_not_numpys_default():
+    # 4 visible limbs normalised to 1, 2, 3, 4 (by hand): MATLAB's 0.75 quantile is 3.5, numpy's
+    # default (linear) 3.25. Person 0 fixes the limb ratios at 1 for the limbs used below.
+    person = np.zeros((14, 2))
+    chain = {"neck": (0, 0), "head_top": (0, -1), "r_hip": (0, 1), "r_shoulder": (1, 0),
+             "l_wrist": (-1, 0)}
+    for name, xy in chain.items():
+        person[J[name]] = xy
+    visible = np.zeros(14, bool)
+    visible[[J[n] for n in chain]] = True
+    # Limbs among these: neck-head (ref), r_hip-neck, r_shoulder-neck, l_wrist-neck, all ratio 1.
+    other = person.copy()
+    other[J["r_hip"]] = (0, 2)
+    other[J["r_shoulder"]] = (3, 0)
+    other[J["l_wrist"]] = (-4, 0)
+    scale = lsp.mpi_like_scale(np.stack([person, other, person]), np.stack([visible] * 3))
+    # Medians over the three people of r_hip/ref etc. are 1 (two of three are 1).
+    assert scale[1] == pytest.approx(matlab_quantile(np.array([1.0, 2, 3, 4]), 0.75) / 35)
+    assert scale[1] == pytest.approx(3.5 / 35)
+
+
+def test_limbs_without_a_ratio_are_dropped_like_matlabs_quantile():
+    rng = np.random.default_rng(3)
+    joints = random_people(rng, 6)
+    visible = np.ones((6, 14), bool)
+    visible[:5, J["r_wrist"]] = False     # r_wrist seen only in person 5 ...
+    visible[5, J["head_top"]] = False     # ... whose neck-head is not: the limb has no ratio
+    expected = genjson_scale(joints, visible)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(lsp.mpi_like_scale(joints, visible), expected, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry's lsp+lspet: LSPET then LSP 1-1000 for training, LSP 1001-2000 for testing.
+
+def test_registry_lsp_plus_lspet(tmp_path, small_lsp):
+    if not images.lspet_available():
+        pytest.skip(f"the LSP Extended copy is missing: no {images.LSPET_ROOT}/joints.mat and images/")
+    lsp_root, joints, flags, sizes = small_lsp
+    lspet_root = images.lspet_subset(tmp_path / "lspet", 30)
+    config = tiny_config()
+    config.data.dataset = "lsp+lspet"
+    config.data.paths.lsp = str(lsp_root)
+    config.data.paths.lspet = str(lspet_root)
+
+    train = registry.get("lsp+lspet").read(config.data, "train")
+    assert len(train) == 1030
+    assert list(train.image_paths[:30]) == [str(lspet_root / f"images/im{i:05d}.jpg") for i in range(1, 31)]
+    assert list(train.image_paths[30:]) == [str(lsp_root / f"images/im{i:04d}.jpg") for i in range(1, 1001)]
+    raw = scipy.io.loadmat(str(lspet_root / "joints.mat"))["joints"]
+    np.testing.assert_allclose(train.joints[:30], raw[:, :2].transpose(2, 0, 1) - 1, atol=1e-4)
+    np.testing.assert_array_equal(train.visibility[:30], np.where(raw[:, 2].T == 1, 2, 0))
+    np.testing.assert_array_equal(train.joints[30:], (joints[:1000] - 1).astype(np.float32))
+    np.testing.assert_array_equal(train.visibility[30:], np.where(flags[:1000] == 0, 2, 1))
+    np.testing.assert_array_equal(train.center[30:], ((sizes[:1000] - 1) / 2).astype(np.float32))
+    # Scaled together, as genJSON.m did: the limb ratios come from all 1030 people.
+    together = np.concatenate([raw[:, :2].transpose(2, 0, 1) - 1, joints[:1000] - 1])
+    visible = np.concatenate([raw[:, 2].T == 1, flags[:1000] == 0])
+    np.testing.assert_allclose(train.scale, 200 * genjson_scale(together, visible), rtol=1e-5)
+
+    test = registry.get("lsp+lspet").read(config.data, "test")
+    assert len(test) == 1000
+    assert list(test.image_paths) == [str(lsp_root / f"images/im{i:04d}.jpg") for i in range(1001, 2001)]
+
+    source = registry.open_split(config.data, "train")
+    assert source.size == 1030
+    first, last = source.load(0), source.load(1029)
+    with Image.open(lspet_root / "images/im00001.jpg") as image:
+        assert first["image"].shape == (image.size[1], image.size[0], 3)
+    assert last["image"].shape == (sizes[999][1], sizes[999][0], 3)
+    assert registry.open_split(config.data, "test").size == 1000
