@@ -68,3 +68,28 @@ def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_s
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pck_curve(curve: dict, path: str, title: str = "", metric: str = "PCK") -> None:
+    """A PCK curve: `curve` as metrics.pck_curve returns it ({"thresholds", "total", "parts"});
+    fractions are drawn in percent, the total bold, each part group thin. None values are gaps."""
+    thresholds = np.asarray(curve["thresholds"], np.float64)
+
+    def percent(values):
+        return np.array([np.nan if v is None else 100.0 * v for v in values])
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for group, values in curve.get("parts", {}).items():
+        ax.plot(thresholds, percent(values), lw=1.2, label=group)
+    ax.plot(thresholds, percent(curve["total"]), color="black", lw=2.5, label="total")
+    ax.set_xlabel("normalised distance threshold")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_xlim(thresholds.min() if thresholds.size else 0, thresholds.max() if thresholds.size else 1)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
