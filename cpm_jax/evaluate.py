@@ -192,22 +192,10 @@ def load_mpii(path: str, split: str | None = None, validation_file: str | None =
     if split == "valid" and validation_file is None:
         raise EvaluationError(f"{path}: --split valid needs --mpii_validation (Tompson et al.'s "
                               "detections.mat with RELEASE_img_index and RELEASE_person_index)")
-    num_images, people = mpii.load_people(path)
-    validation = mpii.read_validation(validation_file) if validation_file else []
+    _, chosen = mpii.select_people(path, split, validation_file)
     if split == "train":
-        excluded = set(validation)
-        chosen = [p for p in people if (p.image_index, p.person_index) not in excluded]
-        description = "MPII training people" + (" less the validation people" if validation else "")
+        description = "MPII training people" + (" less the validation people" if validation_file else "")
     else:
-        index = {(p.image_index, p.person_index): p for p in people}
-        chosen = []
-        for n, (i, p) in enumerate(validation):
-            if (i, p) not in index:
-                why = ("beyond the release's annolist" if i >= num_images else
-                       "not a training image's person with annopoints.point in the release")
-                raise EvaluationError(f"{validation_file}: validation entry {n + 1}, "
-                                      f"annolist({i + 1}).annorect({p + 1}) of {path}, is {why}")
-            chosen.append(index[(i, p)])
         description = f"MPII validation people of {os.path.basename(validation_file)}"
     if not chosen:
         raise EvaluationError(f"{path}: no annotated people in split {split}")

@@ -37,18 +37,6 @@ def read_examples(config: ml_collections.ConfigDict, num: int, start: int = 0) -
     return list(pipeline.train_examples(config, start).take(num).as_numpy_iterator())
 
 
-def overlay_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55,
-                    cmap: str = "inferno") -> None:
-    """Shows `image` (H, W, 3) uint8 with `heatmap` (h, w) on the belief-map grid (cell g centred
-    at input pixel 3.5 + 8g for stride 8) stretched over it, values 0..1, semi-transparent."""
-    h, w = image.shape[:2]
-    ax.imshow(image)
-    ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-              interpolation="bilinear")
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-
-
 def draw_labelled_joints(ax, joints: np.ndarray, visibility: np.ndarray, order: skeleton.Skeleton,
                          alpha: float = 1.0) -> None:
     """The skeleton (visualize.draw_skeleton) over the joints that get a target peak, a grey
@@ -84,7 +72,7 @@ def example_figure(example: dict, dataset: str, position: int, order: skeleton.S
             ax.set_xlim(-0.5, image.shape[1] - 0.5)
             ax.set_ylim(image.shape[0] - 0.5, -0.5)
         else:
-            overlay_heatmap(ax, image, maps[..., :-1].max(-1))
+            visualize.overlay_heatmap(ax, image, maps[..., :-1].max(-1))
             labelled = np.asarray(visibility) > 0
             ax.scatter(joints[labelled, 0], joints[labelled, 1], s=14, marker="+", c="cyan", linewidths=1,
                        zorder=3)

@@ -49,18 +49,27 @@ def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None
     plt.close(fig)
 
 
+def overlay_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55,
+                    cmap: str = "inferno") -> None:
+    """Shows `image` (H, W, 3) uint8 with `heatmap` (h, w) on the belief-map grid (cell g centred
+    at input pixel 3.5 + 8g for stride 8) stretched over it, values 0..1, semi-transparent."""
+    h, w = image.shape[:2]
+    ax.imshow(image)
+    ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+              interpolation="bilinear")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+
+
 def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_stage=None,
                  order: skeleton.Skeleton = skeleton.LSP) -> None:
     """One column per stage: the image with that stage's part beliefs (max over parts) overlaid.
 
     image: (H, W, 3) uint8; beliefs: (T, h, w, P+1) cells; joints_per_stage: (T, P, 2) pixels."""
     num_stages = beliefs.shape[0]
-    h, w = image.shape[:2]
     fig, axes = plt.subplots(1, num_stages, figsize=(2.4 * num_stages, 2.6), squeeze=False)
     for t, ax in enumerate(axes[0]):
-        ax.imshow(image)
-        ax.imshow(beliefs[t, ..., :-1].max(-1), cmap="inferno", alpha=0.6, vmin=0, vmax=1,
-                  extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
+        overlay_heatmap(ax, image, beliefs[t, ..., :-1].max(-1), alpha=0.6)
         if joints_per_stage is not None:
             draw_skeleton(ax, joints_per_stage[t], alpha=0.8, order=order)
         ax.set_title(f"stage {t + 1}", fontsize=9)

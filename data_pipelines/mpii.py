@@ -241,32 +241,35 @@ def read(root: str, split: str, validation_file: str | None = None,
     also looked for under `root`."""
     if split not in SPLITS:
         raise ValueError(f"MPII ({root}): unknown split {split!r}; known: {', '.join(SPLITS)}")
-    if split == "valid" and validation_file is None:
-        raise ValueError(f"MPII ({root}): split 'valid' needs a validation file (Tompson et al.'s "
-                         "detections.mat with RELEASE_img_index and RELEASE_person_index)")
-    path = find_release(root)
-    num_images, people = load_people(path)
+    if validation_file is not None and not os.path.isabs(validation_file) and \
+            not os.path.exists(validation_file) and os.path.exists(os.path.join(root, validation_file)):
+        validation_file = os.path.join(root, validation_file)
+    people, chosen = select_people(find_release(root), split, validation_file)
     by_image: dict[int, list[Person]] = {}
     for person in people:
         by_image.setdefault(person.image_index, []).append(person)
+    return _table(f"{name}/{split}", root, chosen, by_image)
 
-    validation: list[tuple[int, int]] = []
-    if validation_file is not None:
-        if not os.path.isabs(validation_file) and not os.path.exists(validation_file) and \
-                os.path.exists(os.path.join(root, validation_file)):
-            validation_file = os.path.join(root, validation_file)
-        validation = read_validation(validation_file)
+
+def select_people(path: str, split: str, validation_file: str | None = None) -> tuple[list[Person], list[Person]]:
+    """(every annotated training person, the people of `split`) of the release file `path`:
+    'train' is all of them less the validation people of `validation_file` (if given); 'valid'
+    is exactly those, in the file's order."""
+    if split == "valid" and validation_file is None:
+        raise ValueError(f"MPII ({path}): split 'valid' needs a validation file (Tompson et al.'s "
+                         "detections.mat with RELEASE_img_index and RELEASE_person_index)")
+    num_images, people = load_people(path)
+    validation = read_validation(validation_file) if validation_file is not None else []
     if split == "train":
         excluded = set(validation)
-        chosen = [s for s in people if (s.image_index, s.person_index) not in excluded]
-    else:
-        index = {(s.image_index, s.person_index): s for s in people}
-        chosen = []
-        for n, (i, p) in enumerate(validation):
-            if (i, p) not in index:
-                why = ("beyond the release's annolist" if i >= num_images else
-                       "not a training image's person with annopoints.point in the release")
-                raise BadExampleError(f"{validation_file}: validation entry {n + 1}, "
-                                      f"annolist({i + 1}).annorect({p + 1}) of {path}, is {why}")
-            chosen.append(index[(i, p)])
-    return _table(f"{name}/{split}", root, chosen, by_image)
+        return people, [s for s in people if (s.image_index, s.person_index) not in excluded]
+    index = {(s.image_index, s.person_index): s for s in people}
+    chosen = []
+    for n, (i, p) in enumerate(validation):
+        if (i, p) not in index:
+            why = ("beyond the release's annolist" if i >= num_images else
+                   "not a training image's person with annopoints.point in the release")
+            raise BadExampleError(f"{validation_file}: validation entry {n + 1}, "
+                                  f"annolist({i + 1}).annorect({p + 1}) of {path}, is {why}")
+        chosen.append(index[(i, p)])
+    return people, chosen

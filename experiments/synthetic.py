@@ -2,8 +2,10 @@
 
     python -m cpm_jax.train --config experiments/synthetic.py --workdir runs/demo
 
-Same architecture and labels as the paper, narrower layers and a 128x128 input (16x16 belief
-maps); Adam instead of the release's SGD so that a few minutes suffice.
+Same architecture and labels as the paper, narrower layers, 5x5 instead of 9x9 image-trunk
+kernels (the two full-resolution trunks are most of the compute: 1.6x faster on 2 CPU cores) and
+a 128x128 input (16x16 belief maps); Adam instead of the release's SGD so that a few minutes
+suffice.
 """
 from cpm_jax import configs
 
@@ -12,6 +14,7 @@ def get_config():
     config = configs.paper_config(dataset="synthetic", num_stages=4)
     m = config.model
     m.input_size = 128
+    m.trunk_kernel = 5
     m.trunk_features = 16
     m.bottleneck_features = 16
     m.stage1_features = 32
@@ -20,10 +23,10 @@ def get_config():
     m.kernel_init = "he_normal"     # hidden layers; outputs keep the paper's N(0, 0.01)
     config.data.person_height = 0.9  # figures fill the crop: ~1 heatmap cell = PCK@0.2's radius
     config.data.num_heldout = 300
-    config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=50, decay_steps=1500)
+    config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=50, decay_steps=2000)
     t = config.training
     t.global_batch_size = 8
-    t.num_steps = 1500
+    t.num_steps = 2000
     t.log_every = 100
     t.checkpoint_every = 500
     t.keep_checkpoints = 2

@@ -91,6 +91,21 @@ def test_lspet_subset_through_tfds_data_source(lspet_subset):
     assert (path.decode() if isinstance(path, bytes) else path) == f"images/{image_name(5)}"
 
 
+def test_training_reads_the_build_when_the_config_says_tfds(lspet_subset):
+    """`data.source = "tfds"` feeds training batches from the build, equal to those from the files."""
+    from data_pipelines import pipeline
+    from tests.conftest import tiny_config
+    manual, data_dir, _ = lspet_subset
+    config = tiny_config()
+    config.data.dataset, config.data.paths.lspet = "lspet", str(manual)
+    from_files = next(pipeline.train_batches(config, 1, start_step=3))
+    config.data.source, config.data.tfds_data_dir = "tfds", str(data_dir)
+    from_build = next(pipeline.train_batches(config, 1, start_step=3))
+    assert from_build.keys() == from_files.keys()
+    for key in from_files:
+        np.testing.assert_array_equal(from_build[key], from_files[key], err_msg=key)
+
+
 def synthetic_lspet(manual: Path, n: int = 4) -> Path:
     """n LSPET samples with small images in the awkward encodings: RGB JPEG, grayscale JPEG,
     CMYK JPEG, PNG content under a .jpg name."""
