@@ -50,3 +50,24 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             return ml_collections.ConfigDict(json.load(f))
     except (OSError, json.JSONDecodeError) as error:
         raise RuntimeError(f"cannot read the run's config {path}: {error}") from error
+
+
+class NoCheckpointError(FileNotFoundError):
+    """A workdir without a completed checkpoint; the message names the directory."""
+
+
+def open_latest(workdir: str) -> tuple[ocp.CheckpointManager, int]:
+    """(read-only manager, newest step) of `<workdir>/checkpoints`, creating nothing; raises
+    NoCheckpointError naming the directory when there is no workdir or no completed checkpoint."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(workdir):
+        raise NoCheckpointError(f"{workdir}: no such directory (expected a training workdir with "
+                                "checkpoints/ and config.json)")
+    if not os.path.isdir(directory):
+        raise NoCheckpointError(f"{workdir}: no checkpoint ({directory} does not exist); train "
+                                "first with python -m cpm_jax.train --workdir ...")
+    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    step = mngr.latest_step()
+    if step is None:
+        raise NoCheckpointError(f"{workdir}: no completed checkpoint in {directory}")
+    return mngr, step

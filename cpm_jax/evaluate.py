@@ -24,6 +24,35 @@ Output: a table, or with --json one JSON object as the last line: "total", "join
 Problems (a file that cannot be read, an unknown format, a wrong shape, a count that does not match
 the annotations, NaN) print a message naming the file and exit with status 1.
 
+    python -m cpm_jax.evaluate run --workdir DIR [--config EXPERIMENT.py] [--config.key=value ...] \\
+        [--split test] [--stages all|last|1,3] [--scales 0.7,0.8,...,1.3] [--flip] [--subpixel] \\
+        [--person image|annotated] [--count N] [--batch_size 4] [--out FILE] [--json]
+
+`run` restores the newest checkpoint of a training workdir and runs the release's multi-scale
+test (cpm_jax/test_time.py, reference section 5) over a split (default: the config's evaluation
+split), with a progress line on stderr (examples, images/s, ETA). The config is the workdir's
+config.json by default: the one the checkpoint was trained with, so the network matches it; keys
+can be overridden as in train.py (e.g. --config.data.paths.lsp=/data/lsp_dataset when the data
+moved, or --config.data.dataset=lsp to test an LSP-order model on LSP). --config EXPERIMENT.py
+uses an experiment file instead; its network must be the trained one (checked: every
+config.model key that changes parameter shapes). It writes one project prediction file per
+evaluated stage (prediction_files.write: `<stem>_stage<t>.npz`, or exactly --out for one stage;
+default <workdir>/predictions/<dataset>_<split>_stage<t>.npz), which `score` reads, and prints the
+metric of every stage by part group (the paper's Figure 6c), or with --json one JSON object:
+  lsp, lsp+lspet  LSP PCK@0.2, all 14 joints (the benchmark; `score` gives the same number);
+  flic            FLIC PCK@0.2 of elbows and wrists;
+  mpii            PCKh@0.5 with the head boxes read from data.paths.mpii by the reader that made
+                  the records (same people, same order); without that path (e.g. TFDS only) it
+                  prints LSP-style PCK@0.2 over annotated joints, says so, and PCKh is `score`'s;
+  lspet, synthetic  no official benchmark: LSP-style PCK@0.2 over labelled joints of examples
+                  whose torso is labelled (as training's held-out evaluation); their files carry
+                  dataset names that `score` has no annotations for.
+Where to look: --person image (centre and 0.8 x input / image height, the release's LSP rule;
+default for lsp and lsp+lspet) or annotated (the record's centre and scale: MPII's objpos and
+1.171 / scale, FLIC's torso box; default otherwise). --count N evaluates the first N examples
+(`score` then needs --allow_subset). Errors (no checkpoint, unknown split, bad stages) print a
+message naming the directory or value and exit with status 1.
+
 Adding a subcommand: write `_define_<name>_flags()` (absl flag definitions) and `<name>_main(argv)`,
 and add them to SUBCOMMANDS. Flags are defined only for the chosen subcommand, under __main__, so
 importing this module defines none and subcommands may reuse flag names.
@@ -318,6 +347,235 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------- run
+
+# How `run` scores a registry dataset: the benchmark of metrics.BENCHMARKS, or "lsp-labelled"
+# (LSP-style PCK@0.2 over the labelled joints of examples whose torso is labelled, as the
+# held-out evaluation of training does) for datasets without an official benchmark.
+RUN_BENCHMARKS = {"lsp": "lsp", "lsp+lspet": "lsp", "flic": "flic", "mpii": "mpii",
+                  "lspet": "lsp-labelled", "synthetic": "lsp-labelled"}
+
+
+class Progress:
+    """A line on stderr at most every `every` seconds: examples done, images/s, ETA. The rate is
+    measured from the end of the first batch, so that compilation does not count."""
+
+    def __init__(self, total: int, every: float = 5.0, stream=None):
+        import time
+        self.total, self.every, self.stream = total, every, stream or sys.stderr
+        self._clock = time.perf_counter
+        self.start = self._clock()
+        self.first = None            # (time, done) after the first batch
+        self.last_print = -1e9
+        self.done = 0
+
+    def rate(self) -> float | None:
+        if self.first is None or self.done <= self.first[1]:
+            return None
+        return (self.done - self.first[1]) / max(self._clock() - self.first[0], 1e-9)
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        self.done = done
+        now = self._clock()
+        if self.first is None:
+            self.first = (now, done)
+        if now - self.last_print < self.every and done < self.total and not force:
+            return
+        self.last_print = now
+        rate = self.rate()
+        if rate is None:
+            speed = f"first batch (compiling) {now - self.start:.1f}s"
+        else:
+            eta = (self.total - done) / max(rate, 1e-9)
+            speed = f"{rate:.1f} img/s  ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
+        print(f"evaluate run: {done}/{self.total} examples  {speed}", file=self.stream, flush=True)
+
+
+def _stage_paths(out: str | None, workdir: str, dataset: str, split: str, stages: tuple[int, ...]) -> dict:
+    """Stage -> prediction file: `out` itself for one stage, `<stem>_stage<t><ext>` for several;
+    by default <workdir>/predictions/<dataset>_<split>_stage<t>.npz."""
+    if out is None:
+        stem, ext = os.path.join(workdir, "predictions", f"{dataset}_{split}"), ".npz"
+    else:
+        stem, ext = os.path.splitext(out)
+        ext = ext or ".npz"
+        if len(stages) == 1:
+            return {stages[0]: stem + ext}
+    return {t: f"{stem}_stage{t}{ext}" for t in stages}
+
+
+def _mpii_head_boxes(data, split: str, index: np.ndarray) -> np.ndarray | None:
+    """(N, 4) head boxes (NaN where absent) of the MPII records `index` of `split`, read with the
+    reader that made the records (same people, same order); None without data.paths.mpii."""
+    root = data.paths.get("mpii") if "paths" in data else None
+    if not root:
+        return None
+    validation = data.get("mpii_validation_file") or None
+    if validation and not os.path.isabs(validation) and not os.path.exists(validation) and \
+            os.path.exists(os.path.join(root, validation)):
+        validation = os.path.join(root, validation)
+    _, chosen = mpii.select_people(mpii.find_release(root), split, validation)
+    boxes = np.full((len(chosen), 4), np.nan)
+    for row, person in enumerate(chosen):
+        if person.head_box is not None:
+            boxes[row] = person.head_box
+    return boxes[index]
+
+
+def score_run(dataset: str, split: str, data, pred: np.ndarray, gt: np.ndarray, visibility: np.ndarray,
+              index: np.ndarray) -> tuple[dict, list[dict]]:
+    """(what was measured, [metrics.score-style result per stage, fractions]) for pred
+    (N, T', P, 2) against the records' gt (N, P, 2) and visibility (N, P)."""
+    from cpm_jax import evaluation
+    from data_pipelines import registry
+    kind = RUN_BENCHMARKS.get(dataset, "lsp-labelled")
+    labelled = visibility > 0
+    stages = range(pred.shape[1])
+    if kind == "mpii":
+        boxes = _mpii_head_boxes(data, split, index)
+        if boxes is not None:
+            b = metrics.BENCHMARKS["mpii"]
+            results = [metrics.score("mpii", pred[:, s], gt, None, labelled, boxes) for s in stages]
+            return {"metric": b.metric, "threshold": b.default_threshold, "normaliser": b.normaliser,
+                    "benchmark": "mpii", "note": "PCKh with the head boxes of data.paths.mpii"}, results
+        kind = "lsp-labelled"
+        note = ("MPII without data.paths.mpii (no head boxes): LSP-style PCK@0.2 over the annotated "
+                "joints, NOT PCKh; score the prediction file with `evaluate score --dataset mpii` for PCKh")
+    elif kind == "lsp-labelled":
+        note = (f"{dataset} has no official benchmark: LSP-style PCK@0.2 (torso-normalised) over the "
+                "labelled joints of examples whose torso is labelled")
+    if kind == "lsp-labelled":
+        order = registry.get(dataset).skeleton
+        per_stage = evaluation.pck_per_stage({"pred": pred, "gt": gt, "visibility": visibility}, order)
+        return {"metric": "PCK", "threshold": 0.2, "normaliser": metrics.BENCHMARKS["lsp"].normaliser,
+                "benchmark": None, "note": note}, per_stage
+    b = metrics.BENCHMARKS[kind]
+    results = [metrics.score(kind, pred[:, s], gt, None, labelled) for s in stages]
+    note = {"lsp": "the LSP benchmark's PCK@0.2: all 14 joints count",
+            "flic": "FLIC PCK@0.2 of elbows and wrists over the annotated ones"}[kind]
+    return {"metric": b.metric, "threshold": b.default_threshold, "normaliser": b.normaliser,
+            "benchmark": kind, "note": note}, results
+
+
+def run_split(config, workdir: str, split: str | None = None, stages: str = "all",
+              options=None, count: int = 0, person: str | None = None, out: str | None = None,
+              workers: int = 4, config_source: str = "", progress_every: float = 5.0) -> dict:
+    """The multi-scale test-time procedure (cpm_jax/test_time.py) with the newest checkpoint of
+    `workdir` over `split` (default: the config's evaluation split): writes one project prediction
+    file per evaluated stage and returns the report (metrics in percent per stage, as `run --json`
+    prints it). `options`: test_time.Options (its stages are replaced by `stages`); `count`: the
+    first examples only (0: the whole split; an endless synthetic split: data.num_heldout);
+    `person`: "image" or "annotated" (default: the dataset's rule)."""
+    import time
+
+    import jax
+
+    from cpm_jax import configs, test_time
+    from data_pipelines import pipeline, registry
+
+    configs.validate(config, registry.DATASETS)
+    data, dataset = config.data, config.data.dataset
+    order = registry.get(dataset).skeleton
+    split = split or pipeline.eval_split(config)
+    source = registry.open_split(data, split)        # unknown split: ValueError naming the known ones
+    total = count or source.size or int(data.get("num_heldout", 0))
+    if source.size is not None:
+        total = min(total, source.size)
+    if total <= 0:
+        raise ValueError(f"{dataset} {split}: nothing to evaluate (an endless split needs --count "
+                         "or config.data.num_heldout)")
+    chosen_stages = test_time.parse_stages(stages, config.model.num_stages)
+    options = dataclasses.replace(options or test_time.Options(), stages=chosen_stages)
+    rule = person or test_time.default_person_rule(dataset)
+    if rule not in test_time.PERSON_RULES:
+        raise ValueError(f"person rule {rule!r}; known: {', '.join(test_time.PERSON_RULES)}")
+    variables, step = test_time.restore_variables(workdir, config)
+    predictor = test_time.MultiScalePredictor.for_model(config, variables, options)
+    size = config.model.input_size
+
+    def loader(i):
+        def load():
+            record = source.load(i)
+            if record is None:          # a bad example, skipped (data.skip_bad_examples)
+                return None
+            where = test_time.person_for_record(record, data, size, rule)
+            return record["image"], where, (i, record["joints"], record["visibility"])
+        return load
+
+    print(f"evaluate run: {dataset} {split}: {total} examples, checkpoint step {step} of {workdir}, "
+          f"devices {jax.devices()}", file=sys.stderr, flush=True)
+    progress = Progress(total, progress_every)
+    started = time.perf_counter()
+    rows = list(predictor.run((loader(i) for i in range(total)), workers, progress))
+    seconds = time.perf_counter() - started
+    if progress.done < total:                   # skipped examples: the last line was not printed
+        progress(progress.done, force=True)
+    if not rows:
+        raise ValueError(f"{dataset} {split}: every example was skipped as bad")
+    index = np.array([r[0][0] for r in rows], np.int64)
+    gt = np.stack([r[0][1] for r in rows]).astype(np.float64)
+    visibility = np.stack([r[0][2] for r in rows])
+    pred = np.stack([r[1] for r in rows]).astype(np.float64)       # (N, T', P, 2)
+    peak = np.stack([r[2] for r in rows])                           # (N, T', P)
+
+    scales = ",".join(f"{s:g}" for s in options.scales)
+    info = {"checkpoint": f"{os.path.abspath(workdir)} step {step}", "config": config_source,
+            "procedure": "multi-scale test (reference section 5)", "scales": scales,
+            "flip": str(options.flip), "subpixel": str(options.subpixel), "person": rule}
+    paths = _stage_paths(out, workdir, dataset, split, chosen_stages)
+    for k, t in enumerate(chosen_stages):
+        os.makedirs(os.path.dirname(os.path.abspath(paths[t])), exist_ok=True)
+        paths[t] = prediction_files.write(paths[t], pred[:, k], dataset, split, t, index, peak[:, k],
+                                          order.joint_names, **info)
+    measured, results = score_run(dataset, split, data, pred, gt, visibility, index)
+    return {
+        "dataset": dataset, "split": split, "num_examples": int(len(index)),
+        "skipped": int(total - len(index)), "workdir": workdir, "checkpoint_step": int(step),
+        **measured,
+        "procedure": {"scales": list(options.scales), "flip": options.flip, "subpixel": options.subpixel,
+                      "person": rule, "batch_size": options.batch_size},
+        "per_stage": [{"stage": t, "total": _percent(r["total"]),
+                       "parts": {g: _percent(v) for g, v in r["parts"].items()},
+                       "joints": {j: _percent(v) for j, v in r["joints"].items()},
+                       "counted": r["counted"], "predictions": paths[t]}
+                      for t, r in zip(chosen_stages, results)],
+        "seconds": seconds, "images_per_second": len(index) / max(seconds, 1e-9),
+        "score_with": SCORE_HINT.get(RUN_BENCHMARKS.get(dataset)),
+    }
+
+
+SCORE_HINT = {
+    "lsp": "python -m cpm_jax.evaluate score --dataset lsp --annotations LSP/joints.mat --predictions FILE",
+    "flic": "python -m cpm_jax.evaluate score --dataset flic --annotations FLIC/examples.mat --predictions FILE",
+    "mpii": "python -m cpm_jax.evaluate score --dataset mpii --annotations MPII/mpii_human_pose_v1_u12_1.mat "
+            "--split valid --mpii_validation detections.mat --predictions FILE",
+}
+
+
+def format_run_table(report: dict) -> str:
+    """Figure 6c as text: the metric of every evaluated stage, by part group, and the files."""
+    p = report["procedure"]
+    label = f"{report['metric']}@{report['threshold']:g}"
+    lines = [f"{report['dataset']} {report['split']}: {report['num_examples']} examples"
+             + (f" ({report['skipped']} skipped as bad)" if report["skipped"] else "")
+             + f", checkpoint step {report['checkpoint_step']} of {report['workdir']}",
+             f"  test time: scales {','.join(f'{s:g}' for s in p['scales'])} x the {p['person']} "
+             f"person size; flip {'on' if p['flip'] else 'off'}; sub-pixel {'on' if p['subpixel'] else 'off'}; "
+             f"{report['seconds']:.1f}s, {report['images_per_second']:.1f} img/s with compilation",
+             f"  {label} per stage (normaliser: {report['normaliser']}; {report['note']})", ""]
+    groups = list(report["per_stage"][0]["parts"]) if report["per_stage"] else []
+    lines.append(f"  {'stage':>5} " + " ".join(f"{GROUP_TITLES.get(g, g):>6}" for g in groups) + " | " + f"{'Total':>6}")
+    for row in report["per_stage"]:
+        lines.append(f"  {row['stage']:>5} " + " ".join(_cell(row["parts"][g]) for g in groups)
+                     + " | " + _cell(row["total"]))
+    lines.append("")
+    for row in report["per_stage"]:
+        lines.append(f"  wrote {row['predictions']}  (stage {row['stage']})")
+    if report.get("score_with"):
+        lines.append(f"  official score of a file: {report['score_with']}")
+    return "\n".join(lines)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -365,6 +623,110 @@ def score_main(argv) -> None:
             print(f"\nwrote {FLAGS.plot}")
 
 
+def _argv_value(argv: list[str], name: str) -> str | None:
+    """The value of --name in argv (--name=v or --name v), or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+# The run's config, when it comes from <workdir>/config.json: the error reading it, if any.
+_SAVED_CONFIG_ERROR: list[str] = []
+
+
+def _define_run_flags() -> None:
+    """--config is an experiment file when given; otherwise the config the workdir was trained
+    with (<workdir>/config.json, found from --workdir in sys.argv before absl parses it, so that
+    --config.key=value overrides apply to either)."""
+    from ml_collections import config_flags
+    import ml_collections
+
+    argv = sys.argv[2:]
+    help_text = ("Experiment config file (experiments/*.py); default: the workdir's config.json, the "
+                 "config the checkpoint was trained with. Override keys with --config.key=value "
+                 "(e.g. --config.data.paths.lsp=/data/lsp_dataset).")
+    if _argv_value(argv, "config") is not None:
+        config_flags.DEFINE_config_file("config", None, help_text)
+    else:
+        from cpm_jax import checkpointing
+        workdir = _argv_value(argv, "workdir")
+        saved = ml_collections.ConfigDict()
+        if workdir:
+            try:
+                saved = checkpointing.read_config(workdir)
+            except RuntimeError as error:
+                _SAVED_CONFIG_ERROR.append(str(error))
+        config_flags.DEFINE_config_dict("config", saved, help_text)
+    flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint is evaluated.")
+    flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split or the "
+                        "dataset's evaluation split: test, valid, heldout).")
+    flags.DEFINE_string("stages", "all", "Stages to evaluate: all, last, or 1-based numbers such as 1,3.")
+    flags.DEFINE_string("scales", ",".join(f"{s:g}" for s in (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)),
+                        "Scale multipliers of the base person size.")
+    flags.DEFINE_bool("flip", False, "Flip testing: average with the mirrored image's maps (left/right swapped).")
+    flags.DEFINE_bool("subpixel", False, "Sub-pixel refinement of every arg-max (a parabola along x and y).")
+    flags.DEFINE_enum("person", None, ["image", "annotated"], "Where to look: image (centre and 0.8 x "
+                      "input / image height: the LSP rule) or annotated (the record's centre and scale). "
+                      "Default: image for lsp and lsp+lspet, annotated otherwise.")
+    flags.DEFINE_integer("count", 0, "Evaluate the first COUNT examples only (0: the whole split; the "
+                         "endless synthetic split: config.data.num_heldout).")
+    flags.DEFINE_integer("batch_size", 4, "Examples per device call (each brings one crop per scale).")
+    flags.DEFINE_integer("workers", 4, "Threads that decode and crop images.")
+    flags.DEFINE_string("out", None, "Prediction file (project .npz); with several stages one file per "
+                        "stage, <stem>_stage<t>.npz. Default: <workdir>/predictions/<dataset>_<split>_stage<t>.npz.")
+    flags.DEFINE_bool("json", False, "Print one JSON object (the last line) instead of a table.")
+    flags.mark_flags_as_required(["workdir"])
+
+
+def _model_mismatch(workdir: str, config) -> str | None:
+    """The keys of config.model that change parameter shapes and differ from the config the
+    workdir was trained with, described; None when they agree or the workdir has no config."""
+    from cpm_jax import checkpointing
+    try:
+        saved = checkpointing.read_config(workdir).model
+    except RuntimeError:
+        return None
+    ignored = {"dtype", "dropout_rate", "kernel_init", "output_init"}
+    keys = sorted((set(saved) | set(config.model)) - ignored)
+    differ = [f"model.{k}: {config.model.get(k)!r} (checkpoint: {saved.get(k)!r})" for k in keys
+              if config.model.get(k) != saved.get(k)]
+    return "; ".join(differ) or None
+
+
+def run_main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
+    from cpm_jax import checkpointing, test_time
+    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    logging.set_verbosity(logging.WARNING)
+    given = _argv_value(sys.argv[2:], "config")
+    try:
+        if given is None and _SAVED_CONFIG_ERROR:
+            raise checkpointing.NoCheckpointError(f"{_SAVED_CONFIG_ERROR[0]}; pass the experiment with --config")
+        config = FLAGS.config
+        if given is not None:
+            mismatch = _model_mismatch(FLAGS.workdir, config)
+            if mismatch:
+                raise ValueError(f"--config {given} does not describe the network trained in "
+                                 f"{FLAGS.workdir}: {mismatch}")
+        options = test_time.Options(scales=test_time.parse_scales(FLAGS.scales), flip=FLAGS.flip,
+                                    subpixel=FLAGS.subpixel, batch_size=FLAGS.batch_size)
+        report = run_split(config, FLAGS.workdir, FLAGS.split, FLAGS.stages, options, FLAGS.count,
+                           FLAGS.person, FLAGS.out, FLAGS.workers,
+                           config_source=given or os.path.join(FLAGS.workdir, "config.json"))
+    except (ValueError, OSError, RuntimeError) as error:   # NoCheckpointError, BadExampleError, ...
+        print(f"evaluate run: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if FLAGS.json:
+        print(json.dumps(report))
+    else:
+        print(format_run_table(report))
+
+
 @dataclasses.dataclass(frozen=True)
 class Subcommand:
     define_flags: Callable[[], None]
@@ -375,6 +737,8 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "score": Subcommand(_define_score_flags, score_main,
                         "score a prediction file against official annotations"),
+    "run": Subcommand(_define_run_flags, run_main,
+                      "run the multi-scale test of a workdir's checkpoint over a split: files + PCK per stage"),
 }
 
 

@@ -51,7 +51,8 @@ FORMAT_BENCHMARKS = {"release-lsp": ("lsp",), "release-flic": ("flic",), "mpii-h
                      "mpii-npy": ("mpii",), "mpii-mat": ("mpii",), "project": ("lsp", "flic", "mpii")}
 SKELETONS = {"lsp": skeleton.LSP, "flic": skeleton.FLIC, "mpii": skeleton.LSP}
 # The benchmark a project file's `dataset` (a registry name) is scored as.
-BENCHMARK_OF_DATASET = {"lsp": "lsp", "lsp+lspet": "lsp", "flic": "flic", "mpii": "mpii"}
+BENCHMARK_OF_DATASET = {"lsp": "lsp", "lspet": "lsp", "lsp+lspet": "lsp", "synthetic": "lsp", "flic": "flic",
+                        "mpii": "mpii"}
 RELEASE_VARIABLE = "prediction_all"
 MPII_VARIABLE = "preds"
 _RELEASE_PARTS = {"release-lsp": 14, "release-flic": 9}

@@ -102,3 +102,40 @@ def pck_curve(curve: dict, path: str, title: str = "", metric: str = "PCK") -> N
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pose_and_beliefs(image: np.ndarray, joints_per_stage: np.ndarray, maps_per_stage: np.ndarray,
+                     path: str, order: skeleton.Skeleton = skeleton.LSP, stages=None,
+                     title: str = "") -> None:
+    """A user's photo: the final skeleton with joint labels, then one panel per stage with that
+    stage's part beliefs (max over parts, scaled to the stage's own maximum, printed in the title)
+    and skeleton.
+
+    image: (H, W, 3) uint8; joints_per_stage: (T', P, 2) original px; maps_per_stage:
+    (T', H', W', P) beliefs over the same image extent at any resolution; stages: the T' stage
+    numbers (default 1..T')."""
+    num = len(joints_per_stage)
+    stages = list(stages) if stages is not None else list(range(1, num + 1))
+    h, w = image.shape[:2]
+    panel = 3.2 * min(1.6, max(0.6, w / h))
+    fig, axes = plt.subplots(1, num + 1, figsize=(panel * (num + 1), 3.6), squeeze=False)
+    ax = axes[0, 0]
+    ax.imshow(image)
+    draw_skeleton(ax, joints_per_stage[-1], order=order)
+    for (x, y), name in zip(joints_per_stage[-1], order.joint_names):
+        ax.annotate(name, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5, color="white",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="black", alpha=0.4, lw=0))
+    ax.set_title(title or f"stage {stages[-1]}", fontsize=8)
+    ax.set_axis_off()
+    for k, ax in enumerate(axes[0, 1:]):
+        beliefs = np.asarray(maps_per_stage[k]).max(-1)
+        top = float(beliefs.max())
+        ax.imshow(image)
+        ax.imshow(beliefs, cmap="inferno", alpha=0.65, vmin=0, vmax=max(top, 1e-6),
+                  extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
+        draw_skeleton(ax, joints_per_stage[k], alpha=0.8, order=order)
+        ax.set_title(f"stage {stages[k]} beliefs (max {top:.2f})", fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -29,7 +29,7 @@ def _rotation(angle_deg):
     return tf.reshape(tf.stack([c, s, -s, c]), [2, 2])
 
 
-def _bicubic_warp(image: np.ndarray, crop_to_image: np.ndarray, size: int) -> np.ndarray:
+def bicubic_warp(image: np.ndarray, crop_to_image: np.ndarray, size: int) -> np.ndarray:
     """(size, size, 3) uint8 crop whose pixel q samples `image` at crop_to_image @ [q, 1].
 
     Both frames have pixel centres at integers; PIL's have them at +0.5, hence the shift."""
@@ -58,7 +58,7 @@ def crop_example(example, input_size: int, factor, angle_deg, flip, flip_permuta
     offset = centre - tf.linalg.matvec(inv, crop_centre)
     crop_to_image = tf.concat([inv / factor, ((offset + 0.5) / factor - 0.5)[:, None]], axis=1)
     to_crop = lambda p: tf.einsum("ij,...j->...i", rot, to_scaled(p) - centre) + crop_centre
-    image = tf.numpy_function(_bicubic_warp, [example["image"], crop_to_image, input_size], tf.uint8,
+    image = tf.numpy_function(bicubic_warp, [example["image"], crop_to_image, input_size], tf.uint8,
                               stateful=False)
     crop = {
         "image": tf.cast(tf.ensure_shape(image, [input_size, input_size, 3]), tf.float32),
