@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, evaluate, prediction_files, train
+from cpm_jax import checkpointing, evaluate, prediction_files
 from data_pipelines import skeleton
 from tests import images
-from tests.conftest import ROOT, python_env, tiny_config
+from tests.conftest import ROOT, python_env, tiny_config, trained_tiny_workdir
 
 
 def cli(*args):
@@ -29,13 +29,7 @@ def last_json(result) -> dict:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A 2-stage tiny CPM after 2 training steps (accuracy is irrelevant here)."""
-    path = tmp_path_factory.mktemp("tiny_run")
-    config = tiny_config()
-    config.training.num_steps = 2
-    config.data.num_heldout = 2
-    config.training.num_visualized = 1
-    train.train_and_evaluate(config, str(path))
-    return path
+    return trained_tiny_workdir(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpm_jax import checkpointing, predict, test_time, train
+from cpm_jax import checkpointing, predict, test_time
 from data_pipelines import records, skeleton
 from tests import images
-from tests.conftest import ROOT, python_env, tiny_config
+from tests.conftest import ROOT, python_env, tiny_config, trained_tiny_workdir
 
 PHOTOS = [images.LSPET_ROOT / "images" / "im00001.jpg", images.LSPET_ROOT / "images" / "im00002.jpg"]
 
@@ -24,13 +24,7 @@ def cli(*args):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_predict")
-    config = tiny_config()
-    config.training.num_steps = 2
-    config.data.num_heldout = 2
-    config.training.num_visualized = 1
-    train.train_and_evaluate(config, str(path))
-    return path
+    return trained_tiny_workdir(tmp_path_factory.mktemp("tiny_predict"))
 
 
 def check_report_image(entry: dict, width: int, height: int) -> None:
