@@ -664,10 +664,8 @@ def _define_run_flags() -> None:
     flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split or the "
                         "dataset's evaluation split: test, valid, heldout).")
     flags.DEFINE_string("stages", "all", "Stages to evaluate: all, last, or 1-based numbers such as 1,3.")
-    flags.DEFINE_string("scales", ",".join(f"{s:g}" for s in (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)),
-                        "Scale multipliers of the base person size.")
-    flags.DEFINE_bool("flip", False, "Flip testing: average with the mirrored image's maps (left/right swapped).")
-    flags.DEFINE_bool("subpixel", False, "Sub-pixel refinement of every arg-max (a parabola along x and y).")
+    from cpm_jax import test_time
+    test_time.define_flags()
     flags.DEFINE_enum("person", None, ["image", "annotated"], "Where to look: image (centre and 0.8 x "
                       "input / image height: the LSP rule) or annotated (the record's centre and scale). "
                       "Default: image for lsp and lsp+lspet, annotated otherwise.")

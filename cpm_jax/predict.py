@@ -145,9 +145,7 @@ if __name__ == "__main__":
     flags.DEFINE_float("scale", None, "The person's size in pixels, about their height (the records' "
                        "scale: 200 x MPII's); default: the image height rule (0.8 x input / height).")
     flags.DEFINE_string("out", "predict_out", "Directory for the PNGs.")
-    flags.DEFINE_string("scales", ",".join(f"{s:g}" for s in (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)),
-                        "Scale multipliers of the base person size.")
-    flags.DEFINE_bool("flip", False, "Flip testing: average with the mirrored image's maps.")
-    flags.DEFINE_bool("subpixel", False, "Sub-pixel refinement of every arg-max.")
+    from cpm_jax import test_time
+    test_time.define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

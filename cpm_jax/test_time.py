@@ -104,6 +104,15 @@ class Prepared:
 
 # -------------------------------------------------------------------------------------- parsing
 
+def define_flags() -> None:
+    """The test-time options as absl flags (--scales, --flip, --subpixel), for the CLIs."""
+    from absl import flags
+    flags.DEFINE_string("scales", ",".join(f"{s:g}" for s in PAPER_SCALES),
+                        "Scale multipliers of the base person size.")
+    flags.DEFINE_bool("flip", False, "Flip testing: average with the mirrored image's maps (left/right swapped).")
+    flags.DEFINE_bool("subpixel", False, "Sub-pixel refinement of every arg-max (a parabola along x and y).")
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
     """'0.7,0.8,1' -> (0.7, 0.8, 1.0); every multiplier must be > 0."""
     try:
