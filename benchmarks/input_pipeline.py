@@ -18,11 +18,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import cpm_jax  # noqa: E402,F401  (sets the XLA CPU flags before JAX is imported anywhere)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from cpm_jax import configs  # noqa: E402
-from data_pipelines import pipeline, registry  # noqa: E402
+from cpm_jax import cli, errors, runtime  # noqa: E402
 
 DEFAULT_LSPET = ROOT.parent / "shared" / "datasets" / "lspet"
 PROGRESS_EVERY_S = 5.0
@@ -31,12 +29,14 @@ PROGRESS_EVERY_S = 5.0
 def measure(lspet: str, batch: int = 16, seconds: float = 30.0, warmup: int = 3,
             log=lambda message: print(message, file=sys.stderr, flush=True)) -> dict:
     """Times `train_batches` of the paper's LSPET config for `seconds` after `warmup` batches."""
+    from cpm_jax import configs  # the pipeline (TensorFlow) imported here, so --help is quick
+    from data_pipelines import pipeline, registry
     config = configs.paper_config("lspet")
     config.data.paths.lspet = str(lspet)
     config.training.global_batch_size = batch
     configs.validate(config, registry.DATASETS)
     if seconds <= 0 or warmup < 0:
-        raise ValueError(f"--seconds = {seconds} must be > 0 and --warmup = {warmup} >= 0")
+        raise errors.InputError(f"--seconds = {seconds} must be > 0 and --warmup = {warmup} >= 0")
     size = config.model.input_size
     batches = pipeline.train_batches(config, num_devices=1)
     try:
@@ -80,13 +80,14 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
+    runtime.setup()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not os.path.isfile(os.path.join(FLAGS.lspet, "joints.mat")):
-        raise app.UsageError(f"--lspet = {FLAGS.lspet}: no joints.mat there "
-                             "(the LSPET directory, official layout)")
+        raise errors.InputError(f"--lspet = {FLAGS.lspet}: no joints.mat there "
+                                "(the LSPET directory, official layout)")
     if FLAGS.batch < 1:
-        raise app.UsageError(f"--batch = {FLAGS.batch}: must be >= 1")
+        raise errors.InputError(f"--batch = {FLAGS.batch}: must be >= 1")
     result = measure(FLAGS.lspet, FLAGS.batch, FLAGS.seconds, FLAGS.warmup)
     if FLAGS.json:
         print(line(result), file=sys.stderr)
@@ -101,4 +102,4 @@ if __name__ == "__main__":
     flags.DEFINE_float("seconds", 30.0, "How long to time, after the warm-up.")
     flags.DEFINE_integer("warmup", 3, "Batches read before timing starts.")
     flags.DEFINE_bool("json", False, "Print a JSON object instead of the line.")
-    app.run(main)
+    cli.run(main)

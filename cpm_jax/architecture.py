@@ -32,6 +32,18 @@ class Dropout:
 Layer = Union[Conv, MaxPool, Dropout]
 NUM_POOLS = 3
 STRIDE = 2 ** NUM_POOLS  # input pixels per belief-map cell
+# The network's input: RGB values v in 0..255 fed as v / 256 - 0.5 (reference section 1).
+PIXEL_SCALE, PIXEL_OFFSET = 256.0, 0.5
+
+
+def normalise_image(image):
+    """uint8-valued (..., H, W, 3) pixels (as float) -> network input; numpy, jnp or tf arrays."""
+    return image / PIXEL_SCALE - PIXEL_OFFSET
+
+
+def denormalise_image(image):
+    """`normalise_image`'s inverse (float values 0..255; round and clip for display)."""
+    return (image + PIXEL_OFFSET) * PIXEL_SCALE
 
 
 def image_trunk(m: ml_collections.ConfigDict) -> tuple[Layer, ...]:

@@ -9,6 +9,9 @@ import os
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cpm_jax import errors
+from cpm_jax.errors import NoCheckpointError
+
 CONFIG_FILE = "config.json"
 
 
@@ -25,14 +28,14 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
     """(state, step) from the newest checkpoint, or (state, 0) unchanged if there is none.
 
     `state` supplies the structure, shapes and dtypes; a checkpoint that does not match it or
-    cannot be read raises RuntimeError naming its directory."""
+    cannot be read raises CheckpointError naming its directory."""
     step = mngr.latest_step()
     if step is None:
         return state, 0
     try:
         restored = mngr.restore(step, args=ocp.args.StandardRestore(state))
     except Exception as error:  # Orbax raises many types; name the directory whatever they are.
-        raise RuntimeError(f"cannot restore checkpoint {os.path.join(str(mngr.directory), str(step))}: "
+        raise errors.CheckpointError(f"cannot restore checkpoint {os.path.join(str(mngr.directory), str(step))}: "
                            f"{type(error).__name__}: {error}") from error
     return restored, step
 
@@ -49,11 +52,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         with open(path) as f:
             return ml_collections.ConfigDict(json.load(f))
     except (OSError, json.JSONDecodeError) as error:
-        raise RuntimeError(f"cannot read the run's config {path}: {error}") from error
-
-
-class NoCheckpointError(FileNotFoundError):
-    """A workdir without a completed checkpoint; the message names the directory."""
+        raise errors.CheckpointError(f"cannot read the run's config {path}: {error}") from error
 
 
 def open_latest(workdir: str) -> tuple[ocp.CheckpointManager, int]:
@@ -71,3 +70,14 @@ def open_latest(workdir: str) -> tuple[ocp.CheckpointManager, int]:
     if step is None:
         raise NoCheckpointError(f"{workdir}: no completed checkpoint in {directory}")
     return mngr, step
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dict, int]:
+    """({"params": ...} of the newest checkpoint in `workdir`, its step), for inference. The
+    structure comes from `state.abstract(config)` (nothing is initialised). Raises
+    NoCheckpointError naming the directory when there is none, CheckpointError when it does not
+    match config.model."""
+    from cpm_jax import state
+    mngr, _ = open_latest(workdir)
+    restored, step = restore_latest(mngr, state.abstract(config))
+    return {"params": restored.params}, step

@@ -4,7 +4,9 @@ Units: sizes in input pixels; learning rates per step; angles in degrees.
 """
 import ml_collections
 
-from cpm_jax.model import KERNEL_INITS
+from cpm_jax import errors
+
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: the compute dtype
 
 
 def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368) -> ml_collections.ConfigDict:
@@ -47,6 +49,9 @@ def paper_data(dataset: str) -> ml_collections.ConfigDict:
         center_sigma=21.0,           # input pixels
         num_heldout=0,               # examples scored at the end of training; 0 = the whole split
         synthetic_image_size=160,    # canvas of the synthetic dataset, pixels
+        # Which figures the synthetic dataset draws: example i of a split is rendered from
+        # (synthetic_seed, split, i), so runs with the same seed see the same figures.
+        synthetic_seed=0,
     ))
 
 
@@ -78,6 +83,7 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
             log_every=50,
             checkpoint_every=5_000,
             keep_checkpoints=3,
+            eval_every=0,            # steps between held-out evaluations; 0: only at the end
             eval_batch_size=16,
             num_visualized=6,
         ),
@@ -85,51 +91,68 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
 
 
 def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
-    """Raises ValueError naming the key for any value the code cannot honour.
+    """Raises `errors.ConfigError` naming the key, the value and what is allowed, for any value
+    the code cannot honour: `config.model.input_size = 30: must be a positive multiple of 8 ...`.
 
     `known_datasets`: name -> object with `num_parts` (data_pipelines.registry.DATASETS); None
     skips the data checks (model-only tools such as `summary`)."""
-    m = config.model
+    from cpm_jax.model import KERNEL_INITS  # here: loading a config file should not import Flax
 
-    def check(ok: bool, key: str, value, want: str) -> None:
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise errors.ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict "
+                                 "(a config file's get_config() starts from configs.paper_config(...))")
+    for section in ("model",) + (("data",) if known_datasets is not None or "training" in config else ()):
+        if not isinstance(config.get(section), ml_collections.ConfigDict):
+            raise errors.ConfigError(f"config.{section} is missing (configs.paper_config(...) has every section)")
+
+    def check(ok, key: str, value, want: str) -> None:
+        """`ok`: a bool, or a function of no arguments; one that fails on the value's type is False."""
+        if callable(ok):
+            try:
+                ok = ok()
+            except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+                ok = False
         if not ok:
-            raise ValueError(f"config.{key} = {value!r}: {want}")
+            raise errors.ConfigError(f"config.{key} = {value!r}: {want}")
 
-    check(isinstance(m.num_stages, int) and m.num_stages >= 1, "model.num_stages", m.num_stages,
-          "must be an integer >= 1")
-    check(isinstance(m.num_parts, int) and m.num_parts >= 1, "model.num_parts", m.num_parts,
-          "must be an integer >= 1")
-    check(isinstance(m.input_size, int) and m.input_size >= 8 and m.input_size % 8 == 0,
-          "model.input_size", m.input_size, "must be a positive multiple of 8 (three stride-2 pools)")
+    def integer(value, low: int = 1) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    m = config.model
+    check(integer(m.get("num_stages")), "model.num_stages", m.get("num_stages"), "must be an integer >= 1")
+    check(integer(m.get("num_parts")), "model.num_parts", m.get("num_parts"), "must be an integer >= 1")
+    check(integer(m.get("input_size"), 8) and m.input_size % 8 == 0, "model.input_size", m.get("input_size"),
+          "must be a positive multiple of 8 (three stride-2 pools)")
     for key in ("trunk_kernel", "stage1_kernel", "stage_kernel", "trunk_features",
                 "bottleneck_features", "stage1_features", "stage_features"):
-        check(isinstance(m[key], int) and m[key] >= 1, f"model.{key}", m[key], "must be an integer >= 1")
-    check(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", m.dropout_rate, "must be in [0, 1)")
+        check(integer(m.get(key)), f"model.{key}", m.get(key), "must be an integer >= 1")
+    check(lambda: 0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", m.get("dropout_rate"), "must be in [0, 1)")
     for key in ("kernel_init", "output_init"):
-        check(m[key] in KERNEL_INITS, f"model.{key}", m[key], f"unknown; known: {', '.join(KERNEL_INITS)}")
+        check(m.get(key) in KERNEL_INITS, f"model.{key}", m.get(key), f"unknown; known: {', '.join(KERNEL_INITS)}")
+    check(m.get("dtype", "float32") in DTYPES, "model.dtype", m.get("dtype"), f"must be one of {', '.join(DTYPES)}")
     if known_datasets is not None:
+        from data_pipelines import registry  # no TensorFlow; here so that configs imports only ml_collections
         d = config.data
-        check(d.dataset in known_datasets, "data.dataset", d.dataset,
+        check(d.get("dataset") in known_datasets, "data.dataset", d.get("dataset"),
               f"unknown dataset; known: {', '.join(sorted(known_datasets))}")
         dataset = known_datasets[d.dataset]
         check(m.num_parts == dataset.num_parts, "model.num_parts", m.num_parts,
               f"dataset {d.dataset!r} has {dataset.num_parts} parts")
-        check(d.get("source", "files") in ("files", "tfds"), "data.source", d.get("source"),
-              "must be 'files' or 'tfds'")
+        check(d.get("source", "files") in registry.SOURCE_KINDS, "data.source", d.get("source"),
+              f"must be one of {', '.join(map(repr, registry.SOURCE_KINDS))}")
         check(not d.get("eval_split") or d.eval_split in dataset.splits, "data.eval_split", d.get("eval_split"),
               f"dataset {d.dataset!r} has splits {', '.join(dataset.splits)}")
-        check(dataset.read is not None or d.num_heldout >= 1, "data.num_heldout", d.num_heldout,
+        check(lambda: dataset.read is not None or d.num_heldout >= 1, "data.num_heldout", d.get("num_heldout"),
               "must be >= 1 for an endless (synthetic) dataset")
     if "training" in config:
         t = config.training
-        check(t.global_batch_size >= 1, "training.global_batch_size", t.global_batch_size, "must be >= 1")
-        check(t.num_steps >= 1, "training.num_steps", t.num_steps, "must be >= 1")
-        check(t.checkpoint_every >= 1, "training.checkpoint_every", t.checkpoint_every, "must be >= 1")
+        for key in ("global_batch_size", "num_steps", "checkpoint_every"):
+            check(integer(t.get(key)), f"training.{key}", t.get(key), "must be an integer >= 1")
         d = config.data
-        lo, hi = d.scale_range
-        check(0 < lo <= hi, "data.scale_range", tuple(d.scale_range), "must satisfy 0 < low <= high")
-        check(0.0 <= d.flip_probability <= 1.0, "data.flip_probability", d.flip_probability,
+        check(lambda: len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range",
+              tuple(d.get("scale_range") or ()), "must be (low, high) with 0 < low <= high")
+        check(lambda: 0.0 <= d.flip_probability <= 1.0, "data.flip_probability", d.get("flip_probability"),
               "must be in [0, 1]")
-        check(d.max_rotation >= 0, "data.max_rotation", d.max_rotation, "must be >= 0 (degrees)")
-        check(d.person_height > 0, "data.person_height", d.person_height, "must be > 0")
-        check(d.target_sigma > 0, "data.target_sigma", d.target_sigma, "must be > 0 (input pixels)")
+        check(lambda: d.max_rotation >= 0, "data.max_rotation", d.get("max_rotation"), "must be >= 0 (degrees)")
+        check(lambda: d.person_height > 0, "data.person_height", d.get("person_height"), "must be > 0")
+        check(lambda: d.target_sigma > 0, "data.target_sigma", d.get("target_sigma"), "must be > 0 (input pixels)")

@@ -12,6 +12,8 @@ The three benchmarks (`BENCHMARKS`) differ in the normaliser and in which joints
   mpii   PCKh@a   0.6 x the diagonal of the annotated head box (x1, y1, x2, y2); only annotated
                   joints count; the 14 project joints (pelvis and thorax are not among them):
                   total = hits / annotated joints
+  labelled PCK@a  no official benchmark (LSPET, synthetic): as lsp, but only labelled joints of
+                  examples whose torso joints are both labelled count
 
 Conventions:
   - A normaliser of zero makes the threshold zero: a joint is correct only if its error is
@@ -49,6 +51,8 @@ class Benchmark:
     default_threshold: float
     curve_thresholds: tuple[float, ...]  # default thresholds of a curve
     normaliser: str                      # in words, for reports
+    counts: str = "annotated"            # which joints count: "all", "annotated", or
+                                         # "annotated_torso" (annotated, torso labelled)
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -63,7 +67,10 @@ BENCHMARKS: dict[str, Benchmark] = {
                       _percent_steps(20), "ground-truth left shoulder to right hip"),
     "mpii": Benchmark("mpii", "PCKh", skeleton.LSP, skeleton.LSP.joint_names, 0.5, _percent_steps(50),
                       f"{HEAD_SIZE_FACTOR} x head-box diagonal"),
+    "labelled": Benchmark("labelled", "PCK", skeleton.LSP, skeleton.LSP.joint_names, 0.2, _percent_steps(20),
+                          "ground-truth left shoulder to right hip", counts="annotated_torso"),
 }
+BENCHMARKS["lsp"] = dataclasses.replace(BENCHMARKS["lsp"], counts="all")
 
 
 def torso_size(gt: np.ndarray, joints: skeleton.Skeleton = skeleton.LSP) -> np.ndarray:
@@ -208,14 +215,26 @@ def normaliser(benchmark: str, gt: np.ndarray, head_boxes: np.ndarray | None = N
     return torso_size(np.asarray(gt, np.float64), BENCHMARKS[benchmark].joints)
 
 
+def counted_joints(benchmark: str, counted: np.ndarray | None, joints: skeleton.Skeleton) -> np.ndarray | None:
+    """The (N, P) joints that count under `benchmark`'s rule, from the annotated ones `counted`."""
+    rule = BENCHMARKS[benchmark].counts
+    if rule == "all" or counted is None:
+        return None
+    counted = np.asarray(counted, bool)
+    if rule == "annotated_torso":
+        a, b = joints.torso_indices
+        counted = counted & (counted[:, a] & counted[:, b])[:, None]
+    return counted
+
+
 def score(benchmark: str, pred: np.ndarray, gt: np.ndarray, threshold: float | None = None,
           counted: np.ndarray | None = None, head_boxes: np.ndarray | None = None) -> dict:
-    """`pck` as benchmark `lsp`, `flic` or `mpii` defines it (threshold: its default when None).
-    For lsp `counted` is ignored (every joint counts)."""
+    """`pck` as `benchmark` (a BENCHMARKS name) defines it (threshold: its default when None);
+    `counted`: the annotated joints, restricted by the benchmark's rule (lsp: every joint)."""
     b = BENCHMARKS[benchmark]
     return pck(pred, gt, normaliser(benchmark, gt, head_boxes),
                b.default_threshold if threshold is None else threshold,
-               None if benchmark == "lsp" else counted, b.joints, b.scored)
+               counted_joints(benchmark, counted, b.joints), b.joints, b.scored)
 
 
 def curve(benchmark: str, pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] | None = None,
@@ -225,4 +244,4 @@ def curve(benchmark: str, pred: np.ndarray, gt: np.ndarray, thresholds: Sequence
     b = BENCHMARKS[benchmark]
     return pck_curve(pred, gt, normaliser(benchmark, gt, head_boxes),
                      b.curve_thresholds if thresholds is None else thresholds,
-                     None if benchmark == "lsp" else counted, b.joints, b.scored)
+                     counted_joints(benchmark, counted, b.joints), b.joints, b.scored)

@@ -3,7 +3,7 @@
     python -m cpm_jax.predict --workdir runs/lsp photo.jpg [more.jpg ...] \\
         [--center X,Y] [--scale S] [--out DIR] [--scales 0.7,0.8,...] [--flip] [--subpixel]
 
-Runs the release's multi-scale test (cpm_jax/test_time.py, reference section 5) on each image and
+Runs the release's multi-scale test (cpm_jax/multiscale.py, reference section 5) on each image and
 prints ONE JSON object on stdout:
 
   {"workdir", "checkpoint_step", "dataset" (the joint order's dataset), "stage" (the stage whose
@@ -17,47 +17,67 @@ belief: the part's belief at that pixel, averaged over the scales (about 1 for a
 prediction, near 0 for none). For every image a PNG `<out>/<image stem>_pose.png` shows the
 skeleton with joint names and the belief maps stage by stage.
 
-Where to look: without --center and --scale the person is assumed centred and as tall as the
-image, as the release's LSP test did (centre = image centre, base zoom 0.8 x input size / image
-height). --center X,Y: the person's centre in pixels; --scale S: the person's size in pixels (the
-records' scale, 200 x MPII's scale unit: about the person's height), giving the training zoom
-config.data.person_height x input size / S. Both apply to every image given.
+Where to look (`multiscale.place_person`): without --center and --scale the person is assumed
+centred and as tall as the image, as the release's LSP test did (centre = image centre, base zoom
+0.8 x input size / image height). --center X,Y: the person's centre in pixels; --scale S: the
+person's size in pixels (the records' scale, 200 x MPII's scale unit: about the person's height),
+giving the training zoom config.data.person_height x input size / S. Both apply to every image.
 
-Errors (a missing or undecodable image, a workdir without a checkpoint or config.json) print a
-message naming the file or directory and exit with status 1.
+A photo larger than --max_image_side px (default 1024) on its longer side is first resized
+(bicubic, antialiased) to that size; the joints are mapped back to the photo's own pixels. Each
+image prints a progress line on stderr.
+
+Errors (a missing or undecodable image, a centre outside the image, an image under 16 px, a
+workdir without a checkpoint or config.json) print a message naming the file or directory and
+exit with status 1 (a traceback with -v 1).
 """
 import json
 import os
 import sys
+import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from cpm_jax import checkpointing
+from cpm_jax import errors
 
 FLAGS = flags.FLAGS
+MAX_IMAGE_SIDE = 1024     # px: larger photos are resized first (the network sees < 400 px of a person)
 
 
 def parse_center(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError as error:
-        raise ValueError(f"--center {text!r}: expected X,Y in pixels, e.g. 120,240") from error
+        raise errors.InputError(f"--center {text!r}: expected X,Y in pixels, e.g. 120,240") from error
     if not (np.isfinite(x) and np.isfinite(y)):
-        raise ValueError(f"--center {text!r}: expected finite pixel coordinates")
+        raise errors.InputError(f"--center {text!r}: expected finite pixel coordinates")
     return x, y
 
 
 def load_image(path: str) -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file; ValueError / OSError naming the file."""
+    """uint8 (H, W, 3) RGB of an image file; InputError (missing) or BadExampleError
+    (undecodable) naming the file."""
     from data_pipelines import sources
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such image file")
+        raise errors.InputError(f"{path}: no such image file")
     if not os.path.isfile(path):
-        raise IsADirectoryError(f"{path}: not an image file")
+        raise errors.InputError(f"{path}: is a directory, not an image file")
     with open(path, "rb") as f:
         data = f.read()
-    return sources.decode_image(data, path)      # BadExampleError (a ValueError) naming the file
+    return sources.decode_image(data, path)
+
+
+def shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image resized so that its longer side is at most `max_side` px, (x, y) ratio new / old)."""
+    from PIL import Image
+    height, width = image.shape[:2]
+    ratio = max_side / max(height, width)
+    if ratio >= 1:
+        return image, np.ones(2)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    return small, np.array([size[0] / width, size[1] / height])
 
 
 def _picture_path(out: str, image_path: str, taken: set) -> str:
@@ -72,42 +92,47 @@ def _picture_path(out: str, image_path: str, taken: set) -> str:
 
 def predict_images(workdir: str, paths: list[str], center: tuple[float, float] | None = None,
                    scale: float | None = None, out: str = "predict_out", options=None,
-                   max_side: int = 384) -> dict:
-    """The report printed by the command line (see the module docstring); writes the PNGs."""
-    from cpm_jax import test_time, visualize
+                   max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None) -> dict:
+    """The report printed by the command line (see the module docstring); writes the PNGs.
+    `log(line)` receives a progress line per image (default: stderr)."""
+    from cpm_jax import checkpointing, multiscale, visualize
     from data_pipelines import registry
 
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     if not paths:
-        raise ValueError("no image given: python -m cpm_jax.predict --workdir DIR IMAGE...")
+        raise errors.InputError("no image given: python -m cpm_jax.predict --workdir DIR IMAGE...")
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise errors.InputError(f"--scale {scale}: the person's size in pixels must be > 0")
     checkpointing.open_latest(workdir)                # NoCheckpointError naming the directory
-    config = checkpointing.read_config(workdir)      # RuntimeError naming config.json
+    config = checkpointing.read_config(workdir)      # CheckpointError naming config.json
     images = [load_image(p) for p in paths]           # fail on a bad file before the model loads
-    variables, step = test_time.restore_variables(workdir, config)
-    num_stages, size = config.model.num_stages, config.model.input_size
-    options = options or test_time.Options()
-    options = test_time.Options(scales=options.scales, stages=tuple(range(1, num_stages + 1)),
-                                flip=options.flip, subpixel=options.subpixel, batch_size=1,
-                                canvas_multiple=options.canvas_multiple)
-    predictor = test_time.MultiScalePredictor.for_model(config, variables, options)
+    size = config.model.input_size
+    placed = [multiscale.place_person(image.shape, config.data, size, center, scale) for image in images]
+    variables, step = checkpointing.restore_params(workdir, config)
+    num_stages = config.model.num_stages
+    options = options or multiscale.Options()
+    options = multiscale.Options(scales=options.scales, stages=tuple(range(1, num_stages + 1)),
+                                 flip=options.flip, subpixel=options.subpixel, batch_size=1,
+                                 canvas_multiple=options.canvas_multiple)
+    predictor = multiscale.MultiScalePredictor.for_model(config, variables, options)
     order = registry.get(config.data.dataset).skeleton
     os.makedirs(out, exist_ok=True)
     results, taken = [], set()
-    for path, image in zip(paths, images):
+    for k, (path, image, (person, how)) in enumerate(zip(paths, images, placed), 1):
+        started = time.perf_counter()
         height, width = image.shape[:2]
-        if scale is not None:
-            where = (width - 1) / 2.0, (height - 1) / 2.0
-            person = test_time.person_from_scale(center or where, scale, config.data, size)
-            how = f"{'--center' if center else 'image centre'} and --scale {scale:g} px"
-        else:
-            person = test_time.person_from_image(height, width, size)
-            how = "image centre and height (the LSP rule)"
-            if center is not None:
-                person = test_time.Person(center, person.base_factor)
-                how = "--center and the image height (the LSP rule's size)"
-        joints, peak, maps, _ = predictor.predict_with_maps(image, person, max_side)
+        small, ratio = shrink(image, max_image_side)
+        note = "" if small is image else f", resized to {small.shape[1]}x{small.shape[0]}"
+        log(f"predict: [{k}/{len(paths)}] {path} ({width}x{height}{note})")
+        # The same placement in the resized image's pixels (centre px p -> (p + 0.5) r - 0.5).
+        where = multiscale.Person(tuple((np.asarray(person.center) + 0.5) * ratio - 0.5),
+                                  person.base_factor / float(ratio[1]))
+        joints, peak, maps, _ = predictor.predict_with_maps(small, where, max_side)
+        joints = (joints + 0.5) / ratio - 0.5                 # back to the photo's own pixels
         picture = _picture_path(out, path, taken)
         visualize.pose_and_beliefs(image, joints, maps, picture, order, stages=predictor.stages,
                                    title=f"{os.path.basename(path)}: stage {num_stages}")
+        log(f"predict: [{k}/{len(paths)}] done in {time.perf_counter() - started:.1f}s -> {picture}")
         results.append({
             "image": path, "width": int(width), "height": int(height),
             "center": [float(person.center[0]), float(person.center[1])],
@@ -121,31 +146,28 @@ def predict_images(workdir: str, paths: list[str], center: tuple[float, float] |
 
 
 def main(argv) -> None:
-    from absl import logging
-    from cpm_jax import test_time
-    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-    logging.set_verbosity(logging.WARNING)
-    try:
-        center = parse_center(FLAGS.center) if FLAGS.center else None
-        if FLAGS.scale is not None and not (np.isfinite(FLAGS.scale) and FLAGS.scale > 0):
-            raise ValueError(f"--scale {FLAGS.scale}: the person's size in pixels must be > 0")
-        options = test_time.Options(scales=test_time.parse_scales(FLAGS.scales), flip=FLAGS.flip,
-                                    subpixel=FLAGS.subpixel)
-        report = predict_images(FLAGS.workdir, list(argv[1:]), center, FLAGS.scale, FLAGS.out, options)
-    except (ValueError, OSError, RuntimeError) as error:   # bad image, NoCheckpointError, ...
-        print(f"predict: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    from cpm_jax import multiscale
+    center = parse_center(FLAGS.center) if FLAGS.center else None
+    options = multiscale.Options(scales=multiscale.parse_scales(FLAGS.scales), flip=FLAGS.flip,
+                                 subpixel=FLAGS.subpixel)
+    report = predict_images(FLAGS.workdir, list(argv[1:]), center, FLAGS.scale, FLAGS.out, options,
+                            max_image_side=FLAGS.max_image_side)
     print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    # Flags live here so that importing this module (tests, notebooks) defines none.
+    # Flags live here so that importing this module (tests, notebooks) defines none. Set-up
+    # first: the flags need multiscale, which imports TensorFlow.
+    from cpm_jax import cli, runtime
+    runtime.setup()
+    from cpm_jax import multiscale
     flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint and config.json.")
     flags.DEFINE_string("center", None, "The person's centre X,Y in pixels (default: the image centre).")
     flags.DEFINE_float("scale", None, "The person's size in pixels, about their height (the records' "
                        "scale: 200 x MPII's); default: the image height rule (0.8 x input / height).")
     flags.DEFINE_string("out", "predict_out", "Directory for the PNGs.")
-    from cpm_jax import test_time
-    test_time.define_flags()
+    flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "Photos larger than this (px, longer side) "
+                         "are resized to it first; joints are reported in the photo's own pixels.")
+    multiscale.define_flags()
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main)

@@ -40,8 +40,11 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from data_pipelines import matfile, skeleton
+from cpm_jax.errors import DataError, PredictionFileError
+from data_pipelines import matfile, registry, skeleton
 from data_pipelines.mpii import MPII_IDS, NUM_MPII_JOINTS
+
+BENCHMARKS = ("lsp", "flic", "mpii")    # what prediction files are scored as (`evaluate score`)
 
 FORMAT_TAG = "cpm_jax.predictions"
 FORMAT_VERSION = 1
@@ -49,17 +52,14 @@ FORMATS = ("project", "release-lsp", "release-flic", "mpii-h5", "mpii-npy", "mpi
 # The benchmark (and joint order) each format can hold.
 FORMAT_BENCHMARKS = {"release-lsp": ("lsp",), "release-flic": ("flic",), "mpii-h5": ("mpii",),
                      "mpii-npy": ("mpii",), "mpii-mat": ("mpii",), "project": ("lsp", "flic", "mpii")}
-SKELETONS = {"lsp": skeleton.LSP, "flic": skeleton.FLIC, "mpii": skeleton.LSP}
-# The benchmark a project file's `dataset` (a registry name) is scored as.
-BENCHMARK_OF_DATASET = {"lsp": "lsp", "lspet": "lsp", "lsp+lspet": "lsp", "synthetic": "lsp", "flic": "flic",
-                        "mpii": "mpii"}
 RELEASE_VARIABLE = "prediction_all"
 MPII_VARIABLE = "preds"
 _RELEASE_PARTS = {"release-lsp": 14, "release-flic": 9}
 
 
-class PredictionFileError(ValueError):
-    """A prediction file that cannot be scored; the message names the file."""
+def _joint_order(benchmark: str) -> skeleton.Skeleton:
+    from cpm_jax import metrics
+    return metrics.BENCHMARKS[benchmark].joints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,24 +98,24 @@ def write(path: str, joints: np.ndarray, dataset: str, split: str, stage: int,
     `path` gets the extension .npz if it has none; returns the path written."""
     joints = np.asarray(joints, np.float64)
     if joints.ndim != 3 or joints.shape[-1] != 2:
-        raise ValueError(f"{path}: joints {joints.shape} must be (N, P, 2)")
+        raise PredictionFileError(f"{path}: joints {joints.shape} must be (N, P, 2)")
     if not np.isfinite(joints).all():
-        raise ValueError(f"{path}: joints hold NaN or infinite values")
+        raise PredictionFileError(f"{path}: joints hold NaN or infinite values")
     n, p = joints.shape[:2]
     if joint_names is None:
-        joint_names = SKELETONS.get(BENCHMARK_OF_DATASET.get(dataset, ""), skeleton.LSP).joint_names
+        joint_names = registry.get(dataset).skeleton.joint_names
     if len(joint_names) != p:
-        raise ValueError(f"{path}: {p} joints but {len(joint_names)} joint names")
+        raise PredictionFileError(f"{path}: {p} joints but {len(joint_names)} joint names")
     index = np.arange(n) if index is None else np.asarray(index, np.int64)
     if index.shape != (n,):
-        raise ValueError(f"{path}: index {index.shape} must be (N,) = ({n},)")
+        raise PredictionFileError(f"{path}: index {index.shape} must be (N,) = ({n},)")
     arrays = {"format": np.str_(FORMAT_TAG), "version": np.int64(FORMAT_VERSION),
               "dataset": np.str_(dataset), "split": np.str_(split), "stage": np.int64(stage),
               "joint_names": np.array(joint_names, dtype=str), "joints": joints, "index": index}
     if peak is not None:
         peak = np.asarray(peak, np.float32)
         if peak.shape != (n, p):
-            raise ValueError(f"{path}: peak {peak.shape} must be (N, P) = ({n}, {p})")
+            raise PredictionFileError(f"{path}: peak {peak.shape} must be (N, P) = ({n}, {p})")
         arrays["peak"] = peak
     arrays.update({f"info_{k}": np.str_(v) for k, v in info.items()})
     if not os.path.splitext(path)[1]:
@@ -141,10 +141,10 @@ def _read_project(path: str, benchmark: str) -> Predictions:
         if key not in arrays:
             raise _fail(path, f"no '{key}' (keys: {', '.join(arrays)})")
     dataset = str(arrays["dataset"])
-    if BENCHMARK_OF_DATASET.get(dataset) != benchmark:
+    if dataset not in registry.DATASETS or registry.get(dataset).benchmark != benchmark:
         raise _fail(path, f"holds predictions for dataset {dataset!r}, which is not scored as {benchmark}")
     names = tuple(str(n) for n in arrays["joint_names"])
-    expected = SKELETONS[benchmark].joint_names
+    expected = _joint_order(benchmark).joint_names
     if names != expected:
         raise _fail(path, f"joint order {names} is not the project's {benchmark} order {expected}")
     joints = _numeric(path, arrays["joints"], "joints")
@@ -181,25 +181,21 @@ def _check_finite(path: str, joints: np.ndarray, names: tuple[str, ...]) -> None
 
 
 def _load_mat(path: str) -> dict:
-    """Numeric variables of a MATLAB file in MATLAB's dimension order (v5/v7 via scipy, v7.3 via
-    h5py, whose arrays are stored transposed)."""
+    """The variables of a MATLAB file (`matfile.load`: v4-v7 via scipy, v7.3 via h5py, arrays in
+    MATLAB's dimension order); its DataError becomes a PredictionFileError with the same message."""
     try:
-        mat = scipy.io.loadmat(path)
-    except NotImplementedError:              # v7.3: HDF5
-        try:
-            import h5py
-            with h5py.File(path, "r") as f:
-                return {k: np.asarray(v).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
-        except ImportError as error:
-            raise _fail(path, "a MATLAB v7.3 file needs h5py (pip install h5py)") from error
-        except OSError as error:
-            raise _fail(path, f"cannot read as a MATLAB v7.3 file: {error}") from error
-    except matfile.MAT_ERRORS as error:
-        raise _fail(path, f"cannot read as a MATLAB file: {error}") from error
-    return {k: v for k, v in mat.items() if not k.startswith("__")}
+        return matfile.load(path)
+    except DataError as error:
+        raise PredictionFileError(str(error)) from error
 
 
 def _load_h5(path: str) -> dict:
+    """The datasets of a plain HDF5 file as stored (written from numpy, N x 16 x 2: not transposed,
+    unlike a MATLAB v7.3 .mat, which `_load_mat` reads)."""
+    try:
+        matfile.require_file(path, "an HDF5 file")
+    except DataError as error:
+        raise PredictionFileError(str(error)) from error
     try:
         import h5py
     except ImportError as error:
@@ -229,7 +225,7 @@ def _release(path: str, arrays: dict, fmt: str) -> np.ndarray:
         raise _fail(path, f"'{RELEASE_VARIABLE}' has shape {' x '.join(map(str, array.shape))}; "
                           f"{fmt} is {parts} x 2 x N")
     joints = array.transpose(2, 0, 1) - 1.0
-    _check_finite(path, joints, SKELETONS["lsp" if fmt == "release-lsp" else "flic"].joint_names)
+    _check_finite(path, joints, _joint_order(FORMAT_BENCHMARKS[fmt][0]).joint_names)
     return joints
 
 
@@ -245,7 +241,7 @@ def _mpii(path: str, array: np.ndarray, name: str) -> np.ndarray:
     return joints
 
 
-def detect_format(path: str, benchmark: str | None = None) -> str:
+def detect_format(path: str) -> str:
     """The format of `path` from its extension and contents (see the table)."""
     ext = os.path.splitext(path)[1].lower()
     if not os.path.exists(path):
@@ -279,10 +275,10 @@ def read(path: str, benchmark: str, fmt: str | None = None,
     """Predictions for `benchmark` (lsp, flic, mpii) from `path`, in `fmt` (None: detected).
     `expected_count`: the number of scored examples; another count is an error."""
     path = os.fspath(path)
-    if benchmark not in SKELETONS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(SKELETONS)}")
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     if fmt in (None, "auto"):
-        fmt = detect_format(path, benchmark)
+        fmt = detect_format(path)
     elif fmt not in FORMATS:
         raise _fail(path, f"unknown prediction format {fmt!r}; known: {', '.join(FORMATS)}")
     elif not os.path.exists(path):
@@ -318,13 +314,13 @@ def export(path: str, joints: np.ndarray, fmt: str) -> str:
     if fmt in _RELEASE_PARTS:
         parts = _RELEASE_PARTS[fmt]
         if joints.ndim != 3 or joints.shape[1:] != (parts, 2):
-            raise ValueError(f"{path}: {fmt} needs (N, {parts}, 2) joints, got {joints.shape}")
+            raise PredictionFileError(f"{path}: {fmt} needs (N, {parts}, 2) joints, got {joints.shape}")
         scipy.io.savemat(path, {RELEASE_VARIABLE: (joints + 1.0).transpose(1, 2, 0)})
         return path
     if fmt not in ("mpii-h5", "mpii-npy", "mpii-mat"):
-        raise ValueError(f"{path}: cannot export as {fmt!r}; known: {', '.join(FORMATS[1:])}")
+        raise PredictionFileError(f"{path}: cannot export as {fmt!r}; known: {', '.join(FORMATS[1:])}")
     if joints.ndim != 3 or joints.shape[1:] != (skeleton.LSP.num_joints, 2):
-        raise ValueError(f"{path}: {fmt} needs (N, 14, 2) joints in the LSP order, got {joints.shape}")
+        raise PredictionFileError(f"{path}: {fmt} needs (N, 14, 2) joints in the LSP order, got {joints.shape}")
     out = np.zeros((len(joints), NUM_MPII_JOINTS, 2))
     out[:, list(MPII_IDS)] = joints + 1.0
     i = skeleton.LSP.index

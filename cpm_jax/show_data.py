@@ -16,17 +16,14 @@ with its skeleton. The paths written are printed, one a line.
 import math
 import os
 
-import matplotlib
+import ml_collections
+import numpy as np
+from absl import flags
+from matplotlib.figure import Figure  # drawn without pyplot, as in visualize.py
+from ml_collections import config_flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from cpm_jax import configs, visualize  # noqa: E402
-from data_pipelines import pipeline, registry, skeleton  # noqa: E402
+from cpm_jax import cli, configs, errors, runtime, visualize
+from data_pipelines import registry, skeleton
 
 
 def read_examples(config: ml_collections.ConfigDict, num: int, start: int = 0) -> list[dict]:
@@ -34,7 +31,8 @@ def read_examples(config: ml_collections.ConfigDict, num: int, start: int = 0) -
 
     The iterator is used up and dropped here, so no tf.data iterator that calls Python outlives
     this call (they hang the interpreter's exit)."""
-    return list(pipeline.train_examples(config, start).take(num).as_numpy_iterator())
+    from data_pipelines import pipeline  # TensorFlow: imported when needed, so --help stays quick
+    return list(pipeline.numpy_iterator(pipeline.train_examples(config, start).take(num)))
 
 
 def draw_labelled_joints(ax, joints: np.ndarray, visibility: np.ndarray, order: skeleton.Skeleton,
@@ -64,7 +62,8 @@ def example_figure(example: dict, dataset: str, position: int, order: skeleton.S
     panels = [("crop, joints and skeleton", None), ("targets (max over parts)", example["targets"])]
     if "stage1_targets" in example:
         panels.append(("stage-1 targets (everyone)", example["stage1_targets"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 4.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, maps) in zip(axes[0], panels):
         if maps is None:
             ax.imshow(image)
@@ -81,7 +80,6 @@ def example_figure(example: dict, dataset: str, position: int, order: skeleton.S
     fig.suptitle(_title(dataset, example, position) + "    (person's right: red, left: blue)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def contact_sheet(examples: list[dict], positions: list[int], dataset: str, order: skeleton.Skeleton,
@@ -90,7 +88,8 @@ def contact_sheet(examples: list[dict], positions: list[int], dataset: str, orde
     n = len(examples)
     cols = min(n, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.8 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, example, position in zip(axes.flat, examples, positions):
@@ -103,21 +102,20 @@ def contact_sheet(examples: list[dict], positions: list[int], dataset: str, orde
     fig.suptitle(f"{dataset}: training crops from stream position {positions[0]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_pictures(config: ml_collections.ConfigDict, num: int, out: str, start: int = 0) -> list[str]:
     """Validates `config`, writes one PNG per example and `overview.png` to `out`; their paths."""
     configs.validate(config, registry.DATASETS)
     if not isinstance(num, int) or num < 1:
-        raise ValueError(f"--num = {num!r}: must be an integer >= 1")
+        raise errors.InputError(f"--num = {num!r}: must be an integer >= 1")
     if not isinstance(start, int) or start < 0:
-        raise ValueError(f"--start = {start!r}: must be an integer >= 0")
+        raise errors.InputError(f"--start = {start!r}: must be an integer >= 0")
     name = config.data.dataset
     order = registry.get(name).skeleton
     examples = read_examples(config, num, start)
     if not examples:
-        raise RuntimeError(f"dataset {name!r} yielded no training examples")
+        raise errors.DataError(f"dataset {name!r} yielded no training examples")
     # Stream positions are start, start + 1, ...; with data.skip_bad_examples a skipped example
     # shifts the later ones, so the positions shown are then lower bounds.
     positions = [start + i for i in range(len(examples))]
@@ -137,12 +135,13 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
+    runtime.setup()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.num < 1:
-        raise app.UsageError(f"--num = {FLAGS.num}: must be >= 1")
+        raise errors.InputError(f"--num = {FLAGS.num}: must be >= 1")
     if FLAGS.start < 0:
-        raise app.UsageError(f"--start = {FLAGS.start}: must be >= 0")
+        raise errors.InputError(f"--start = {FLAGS.start}: must be >= 0")
     for path in write_pictures(FLAGS.config, FLAGS.num, FLAGS.out, FLAGS.start):
         print(path)
 
@@ -154,4 +153,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Directory for the PNGs (created if missing).")
     flags.DEFINE_integer("start", 0, "Stream position of the first example (step x global batch).")
     flags.mark_flags_as_required(["config", "out"])
-    app.run(main)
+    cli.run(main)

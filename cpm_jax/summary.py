@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from cpm_jax import architecture, configs, model as cpm_model
+from cpm_jax import architecture, cli, configs, errors, model as cpm_model, runtime
 
 
 def count(tree) -> int:
@@ -48,8 +48,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
+    runtime.setup(tensorflow=False)  # no input pipeline here
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
     configs.validate(FLAGS.config)
     print(json.dumps(describe(FLAGS.config.model)))
 
@@ -58,4 +59,4 @@ if __name__ == "__main__":
     # Flags live here so that importing this module (tests, notebooks) defines none.
     config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

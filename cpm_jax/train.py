@@ -1,33 +1,25 @@
-"""Training loop: data-parallel `jax.pmap` steps, Orbax checkpoints, held-out PCK at the end.
+"""Training loop: data-parallel `jax.pmap` steps, Orbax checkpoints, held-out evaluation.
 
     python -m cpm_jax.train --config experiments/synthetic.py --workdir runs/demo [--config.x=y]
+
+Every `training.eval_every` steps (0: only at the end) and at the end, the training evaluator
+(`evaluators.CropEvaluator`) scores every stage on the evaluation split; the end's result goes to
+`<workdir>/metrics.json` with pictures (skeletons.png, beliefs_by_stage.png).
 """
 import functools
-import time
+import json
+import os
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-from cpm_jax import checkpointing, configs, evaluation, losses, model as cpm_model, optimizers
-from data_pipelines import pipeline, registry
-
-
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> train_state.TrainState:
-    model = cpm_model.CPM(config.model)
-    size = config.model.input_size
-    image = jnp.zeros((1, size, size, 3), jnp.float32)
-    center = jnp.zeros((1, size // 8, size // 8, 1), jnp.float32)
-    params = jax.jit(lambda r: model.init(r, image, center, train=False))(rng)["params"]
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                          tx=optimizers.make(config.optimizer, params))
-    # An int32 array step, as the train step returns it, so the second call does not recompile.
-    return state.replace(step=jnp.zeros((), jnp.int32))
+from cpm_jax import checkpointing, cli, configs, errors, losses, progress, runtime, state as train_states
+from data_pipelines import registry
 
 
 def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
@@ -49,77 +41,95 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
     return state.apply_gradients(grads=grads), metrics
 
 
-class Progress:
-    """Logs step, loss per stage, images/s and ETA every `every` steps (compile time excluded)."""
+def log_step(step: int, num_steps: int, metrics, meter: progress.Progress, batch_size: int) -> None:
+    """One log line: step, loss per stage, images/s and ETA."""
+    metrics = jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+    stages = " ".join(f"{v:.3f}" for v in np.asarray(metrics["stage_losses"]))
+    logging.info("step %d/%d  loss %.3f  [per stage %s]  %s", step, num_steps, metrics["loss"], stages,
+                 meter.describe(batch_size))
 
-    def __init__(self, first_step: int, num_steps: int, batch_size: int, every: int):
-        self.num_steps, self.batch_size, self.every = num_steps, batch_size, every
-        self.mark_step, self.mark_time = first_step, None
 
-    def update(self, step: int, metrics) -> None:
-        """`step` counts completed steps; the first call starts the clock."""
-        if self.mark_time is None:
-            self.mark_step, self.mark_time = step, time.perf_counter()
-            return
-        if step % self.every and step != self.num_steps:
-            return
-        metrics = jax.device_get(jax.tree.map(lambda x: x[0], metrics))
-        elapsed = time.perf_counter() - self.mark_time
-        rate = (step - self.mark_step) / max(elapsed, 1e-9)
-        eta = (self.num_steps - step) / max(rate, 1e-9)
-        stages = " ".join(f"{v:.3f}" for v in np.asarray(metrics["stage_losses"]))
-        logging.info("step %d/%d  loss %.3f  [per stage %s]  %.1f img/s  ETA %dm%02ds", step,
-                     self.num_steps, metrics["loss"], stages, rate * self.batch_size,
-                     eta // 60, eta % 60)
-        self.mark_step, self.mark_time = step, time.perf_counter()
+def log_evaluation(step: int, result: "evaluators.Result") -> None:
+    for t, s in zip(result.stages, result.per_stage):
+        parts = " ".join(f"{k} {v:.2f}" for k, v in s["parts"].items() if v is not None)
+        logging.info("step %d: held-out %s stage %d: %.3f  (%s)", step, result.label, t, s["total"], parts)
+
+
+def write_report(workdir: str, step: int, result: "evaluators.Result", pictures: list[str]) -> dict:
+    """`<workdir>/metrics.json`: the evaluator's result at `step` (fractions) and the pictures."""
+    report = {
+        "step": step, "dataset": result.dataset, "split": result.split,
+        "num_examples": len(result.predictions), "metric": result.label,
+        f"{result.label.lower()}_per_stage": result.totals,
+        "final_stage": result.per_stage[-1], "pictures": pictures,
+    }
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains to `config.training.num_steps` (resuming from the workdir's latest checkpoint) and
     returns the held-out evaluation written to `<workdir>/metrics.json`."""
+    from cpm_jax import evaluators                   # these import TensorFlow: not for --help
+    from data_pipelines import pipeline
     configs.validate(config, registry.DATASETS)
     t = config.training
     num_devices = jax.local_device_count()
     for key, devices in (("global_batch_size", jax.device_count()), ("eval_batch_size", num_devices)):
         if t[key] % devices:
-            raise ValueError(f"config.training.{key} = {t[key]}: must be divisible by the {devices} devices")
+            raise errors.ConfigError(f"config.training.{key} = {t[key]}: must be divisible by the "
+                                     f"{devices} devices")
     checkpointing.write_config(workdir, config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    state = create_train_state(config, init_rng)
+    state = train_states.create(config, init_rng)
     mngr = checkpointing.manager(workdir, t.keep_checkpoints)
     state, start_step = checkpointing.restore_latest(mngr, state)
     if start_step:
         logging.info("resuming from step %d in %s", start_step, workdir)
+    evaluator = evaluators.CropEvaluator(config)
 
     p_state = flax.jax_utils.replicate(state)
     p_step = jax.pmap(functools.partial(train_step, intermediate_supervision=config.loss.intermediate_supervision),
                       axis_name="batch", donate_argnums=(0,))
     p_rng = flax.jax_utils.replicate(dropout_rng)
-    progress = Progress(start_step, t.num_steps, t.global_batch_size, t.log_every)
+    meter = progress.Progress(t.num_steps, start_step)
     batches = pipeline.train_batches(config, num_devices, start_step, (jax.process_index(), jax.process_count()))
-    for step in range(start_step + 1, t.num_steps + 1):
-        p_state, metrics = p_step(p_state, next(batches), p_rng)
-        progress.update(step, metrics)
-        if step % t.checkpoint_every == 0 or step == t.num_steps:
-            checkpointing.save(mngr, step, flax.jax_utils.unreplicate(p_state))
-            logging.info("saving checkpoint %d in %s", step, mngr.directory)
+    try:
+        for step in range(start_step + 1, t.num_steps + 1):
+            p_state, metrics = p_step(p_state, next(batches), p_rng)
+            meter.update(step)
+            if step % t.log_every == 0 or step == t.num_steps:
+                log_step(step, t.num_steps, metrics, meter, t.global_batch_size)
+            if step % t.checkpoint_every == 0 or step == t.num_steps:
+                checkpointing.save(mngr, step, flax.jax_utils.unreplicate(p_state))
+                logging.info("saving checkpoint %d in %s", step, mngr.directory)
+            if t.eval_every and step % t.eval_every == 0 and step != t.num_steps:
+                log_evaluation(step, evaluator.run({"params": flax.jax_utils.unreplicate(p_state.params)}))
+    finally:
+        batches.close()
     mngr.wait_until_finished()
-    state = flax.jax_utils.unreplicate(p_state)
-    return evaluation.evaluate_and_report(config, cpm_model.CPM(config.model), state.params, workdir,
-                                          int(state.step))
+    variables = {"params": flax.jax_utils.unreplicate(p_state.params)}
+    step = int(flax.jax_utils.unreplicate(p_state.step))
+    result = evaluator.run(variables)
+    log_evaluation(step, result)
+    pictures = evaluator.write_pictures(variables, workdir, t.num_visualized)
+    return write_report(workdir, step, result, pictures)
 
 
 FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
+    runtime.setup()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+        raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    configs.validate(FLAGS.config, registry.DATASETS)  # before JAX starts: a bad value fails at once
     logging.info("JAX devices: %s", jax.devices())
     result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    stages = "  ".join(f"stage {i}: {v:.3f}" for i, v in enumerate(result["pck@0.2_per_stage"], 1))
-    print(f"held-out PCK@0.2 per stage  {stages}")
+    metric = result["metric"]
+    stages = "  ".join(f"stage {i}: {v:.3f}" for i, v in enumerate(result[f"{metric.lower()}_per_stage"], 1))
+    print(f"held-out {metric} per stage  {stages}")
     print(f"wrote {FLAGS.workdir}/metrics.json and {', '.join(result['pictures'])}")
 
 
@@ -128,4 +138,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.json and pictures.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

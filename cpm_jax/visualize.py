@@ -1,11 +1,14 @@
-"""PNG pictures of results: skeleton overlays and belief maps stage by stage (matplotlib, Agg)."""
-import matplotlib
+"""PNG pictures of results: skeleton overlays and belief maps stage by stage (matplotlib).
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+Every picture is drawn on its own `matplotlib.figure.Figure` and written with `fig.savefig`, not
+through pyplot: that needs no backend (savefig picks Agg for a .png), works the same from a CLI,
+a test or a notebook whatever backend is active there, leaves no figure in pyplot's registry (no
+`plt.close`, nothing shown inline) and is safe from threads. Importing this module sets nothing.
+"""
+import numpy as np
+from matplotlib.figure import Figure
 
-from data_pipelines import skeleton  # noqa: E402
+from data_pipelines import skeleton
 
 RIGHT, LEFT, CENTRE = "#e8453c", "#3c7be8", "#f2c12e"
 
@@ -35,7 +38,8 @@ def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None
     """A row of images (N, H, W, 3) uint8 with predicted skeletons (N, P, 2) drawn solid and the
     ground truth, if given, dotted."""
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
+    fig = Figure(figsize=(2.6 * n, 2.8))
+    axes = fig.subplots(1, n, squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i])
         if ground_truth is not None:
@@ -46,7 +50,6 @@ def skeleton_grid(images, predictions, path: str, ground_truth=None, titles=None
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def overlay_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55,
@@ -67,7 +70,8 @@ def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_s
 
     image: (H, W, 3) uint8; beliefs: (T, h, w, P+1) cells; joints_per_stage: (T, P, 2) pixels."""
     num_stages = beliefs.shape[0]
-    fig, axes = plt.subplots(1, num_stages, figsize=(2.4 * num_stages, 2.6), squeeze=False)
+    fig = Figure(figsize=(2.4 * num_stages, 2.6))
+    axes = fig.subplots(1, num_stages, squeeze=False)
     for t, ax in enumerate(axes[0]):
         overlay_heatmap(ax, image, beliefs[t, ..., :-1].max(-1), alpha=0.6)
         if joints_per_stage is not None:
@@ -76,7 +80,6 @@ def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_s
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def pck_curve(curve: dict, path: str, title: str = "", metric: str = "PCK") -> None:
@@ -87,7 +90,8 @@ def pck_curve(curve: dict, path: str, title: str = "", metric: str = "PCK") -> N
     def percent(values):
         return np.array([np.nan if v is None else 100.0 * v for v in values])
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for group, values in curve.get("parts", {}).items():
         ax.plot(thresholds, percent(values), lw=1.2, label=group)
     ax.plot(thresholds, percent(curve["total"]), color="black", lw=2.5, label="total")
@@ -101,7 +105,6 @@ def pck_curve(curve: dict, path: str, title: str = "", metric: str = "PCK") -> N
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def pose_and_beliefs(image: np.ndarray, joints_per_stage: np.ndarray, maps_per_stage: np.ndarray,
@@ -118,7 +121,8 @@ def pose_and_beliefs(image: np.ndarray, joints_per_stage: np.ndarray, maps_per_s
     stages = list(stages) if stages is not None else list(range(1, num + 1))
     h, w = image.shape[:2]
     panel = 3.2 * min(1.6, max(0.6, w / h))
-    fig, axes = plt.subplots(1, num + 1, figsize=(panel * (num + 1), 3.6), squeeze=False)
+    fig = Figure(figsize=(panel * (num + 1), 3.6))
+    axes = fig.subplots(1, num + 1, squeeze=False)
     ax = axes[0, 0]
     ax.imshow(image)
     draw_skeleton(ax, joints_per_stage[-1], order=order)
@@ -138,4 +142,3 @@ def pose_and_beliefs(image: np.ndarray, joints_per_stage: np.ndarray, maps_per_s
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -5,15 +5,24 @@
 Prints progress (TFDS's progress bars go to stderr) and the resulting split sizes. The datasets,
 the manual_dir layouts and the reading side are described in `data_pipelines/tfds_builders.py`.
 """
-from absl import app, flags
+import os
 
+from absl import flags
+
+from cpm_jax import cli, errors, runtime
 from data_pipelines import tfds_builders
 
 
 def main(argv) -> None:
+    runtime.setup()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    if not os.path.isdir(f.manual_dir) or not os.listdir(f.manual_dir):
+        builder = tfds_builders.builder_class(f.dataset)
+        raise errors.InputError(f"--manual_dir = {f.manual_dir}: no such directory, or empty: unpack the "
+                                f"{f.dataset} release there (layout: {builder.__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS "
+                                "in data_pipelines/tfds_builders.py)")
     tfds_builders.build_and_report(f.dataset, f.manual_dir, f.data_dir, overwrite=f.overwrite,
                                    num_shards=f.num_shards)
 
@@ -27,4 +36,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_shards", None, "Shards per split (default: TFDS's choice, "
                          "at most 1 GiB each).")
     flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"])
-    app.run(main)
+    cli.run(main)

@@ -11,18 +11,18 @@ The release's FLIC model predicts 9 parts (JOINT_NAMES). As genJSON.m: the centr
 FLIC's labels are observer-centric: for the `train` split, an example whose right shoulder lies
 right of (x greater than) its left shoulder has its left and right parts swapped, as the release
 did to keep labels consistent; `test` labels are kept exactly as in the file. A NaN part is not
-labelled (visibility 0, coordinates 0); the others visible (2). Messages name examples in
-MATLAB's 1-based notation, `examples(i)`.
+labelled (visibility 0, coordinates 0); the others visible (2). FLIC has no head boxes (NaN).
+Problems with the file are DataErrors naming it and the example in MATLAB's 1-based notation,
+`examples(i)`.
 """
 import dataclasses
 import os
 from typing import Any
 
 import numpy as np
-import scipy.io
 
+from cpm_jax.errors import DataError
 from data_pipelines import matfile, records, skeleton
-from data_pipelines.records import BadExampleError
 
 EXAMPLES_FILE = "examples.mat"
 JOINT_NAMES = skeleton.FLIC.joint_names
@@ -53,15 +53,15 @@ def _example(struct: Any, index: int, path: str) -> Example:
     where = f"{path}: examples({index + 1})"
     filepath = matfile.field(struct, "filepath", where)
     if not isinstance(filepath, str) or not filepath:
-        raise BadExampleError(f"{where}.filepath: expected a file name, found {filepath!r}")
+        raise DataError(f"{where}.filepath: expected a file name, found {filepath!r}")
     coords = np.asarray(matfile.field(struct, "coords", where))
     if coords.ndim != 2 or coords.shape[0] != 2 or coords.shape[1] <= max(COORD_COLUMNS) or \
             not np.issubdtype(coords.dtype, np.number):
-        raise BadExampleError(f"{where}.coords: expected 2 x {NUM_COORD_COLUMNS} numbers, "
-                              f"found shape {coords.shape} ({coords.dtype})")
+        raise DataError(f"{where}.coords: expected 2 x {NUM_COORD_COLUMNS} numbers, "
+                        f"found shape {coords.shape} ({coords.dtype})")
     box = np.asarray(matfile.field(struct, "torsobox", where))
     if box.size != 4 or not np.issubdtype(box.dtype, np.number):
-        raise BadExampleError(f"{where}.torsobox: expected [x1 y1 x2 y2], found {box!r}")
+        raise DataError(f"{where}.torsobox: expected [x1 y1 x2 y2], found {box!r}")
     return Example(filepath, coords[:, list(COORD_COLUMNS)].T.astype(np.float64),
                    box.astype(np.float64).ravel(),
                    _flag(matfile.field(struct, "istrain", where), f"{where}.istrain"),
@@ -70,13 +70,9 @@ def _example(struct: Any, index: int, path: str) -> Example:
 
 def load_examples(path: str) -> list[Example]:
     """Every example of an `examples.mat`, in file order."""
-    try:
-        mat = scipy.io.loadmat(path, struct_as_record=False, squeeze_me=True)
-    except matfile.MAT_ERRORS as error:
-        raise BadExampleError(f"{path}: cannot read as a MATLAB file: {error}") from error
+    mat = matfile.load(path, structs=True)
     if "examples" not in mat:
-        raise BadExampleError(f"{path}: no variable 'examples' (found: "
-                              f"{', '.join(k for k in mat if not k.startswith('__')) or 'nothing'})")
+        raise matfile.missing_variable(path, "examples", mat)
     return [_example(s, i, path) for i, s in enumerate(matfile.as_list(mat["examples"]))]
 
 
@@ -94,11 +90,10 @@ def read(root: str, split: str, name: str = "flic") -> records.Annotations:
     """One split of FLIC: 'train' (istrain) or 'test' (istest, 1016 in the real file), in file
     order; image paths are `root/images/<filepath>`."""
     if split not in SPLITS:
-        raise ValueError(f"FLIC ({root}): unknown split {split!r}; known: {', '.join(SPLITS)}")
-    path = os.path.join(root, EXAMPLES_FILE)
-    if not os.path.isfile(path):
-        raise BadExampleError(f"FLIC: no annotation file {path}")
-    examples = load_examples(path)
+        raise DataError(f"FLIC ({root}): unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: no such directory (the FLIC folder, holding {EXAMPLES_FILE} and images/)")
+    examples = load_examples(os.path.join(root, EXAMPLES_FILE))
     swap = split == "train"
     chosen = [i for i, e in enumerate(examples) if (e.istrain if swap else e.istest)]
 

@@ -1,6 +1,7 @@
 """LSP and LSP Extended readers (reference section 7) with the release's centre and scale.
 
-Both ship `joints.mat` with one variable `joints`, told apart by shape, not by file name:
+Both ship `joints.mat` with one variable `joints`, of different layouts (`read_joints` tells them
+apart by shape; a reader asked for one layout rejects the other, naming the file):
   LSP    3 x 14 x N (x, y, flag), flag 1 = occluded;   images/im0001.jpg ...; 1-1000 train, 1001-2000 test
   LSPET  14 x 3 x N (x, y, flag), flag 1 = visible;    images/im00001.jpg ...; all train
 Coordinates are 1-based MATLAB pixels; records are 0-based. Every LSP joint is labelled
@@ -13,14 +14,12 @@ the image centre; LSPET's is the middle of the visible joints' bounding box. The
 `mpi_like_scale`, computed over the samples read together (LSPET + LSP 1-1000 for `lsp+lspet`).
 """
 import os
-import warnings
 
 import numpy as np
-import scipy.io
 from PIL import Image
 
+from cpm_jax.errors import DataError
 from data_pipelines import matfile, records, skeleton
-from data_pipelines.records import BadExampleError
 
 LSP_TRAIN = range(0, 1000)     # 0-based sample indices
 LSP_TEST = range(1000, 2000)
@@ -38,21 +37,39 @@ _TARGET_DIST = 41.0 / 35.0      # the release's target_dist
 _BOX, _MARGIN = 368, 64         # the squeeze: visible joints fit in 368 - 64 px
 
 
-def read_joints(path: str) -> tuple[str, np.ndarray]:
-    """(layout, joints (N, 14, 3)) from an LSP or LSPET `joints.mat`; layout 'lsp' or 'lspet'."""
-    try:
-        mat = scipy.io.loadmat(path)
-    except matfile.MAT_ERRORS as error:
-        raise BadExampleError(f"{path}: cannot read as a MATLAB file: {error}") from error
+# The two layouts of `joints.mat` (see the module docstring): dataset name, shape.
+LAYOUTS = {"lsp": ("LSP", "3 x 14 x N"), "lspet": ("LSP Extended", "14 x 3 x N")}
+# What to do when a reader meets the other layout (training configs; other callers pass theirs).
+_FIX = {"lsp": "set data.dataset=lspet, or point data.paths.lsp at the LSP folder (lsp_dataset, "
+               "3 x 14 x 2000)",
+        "lspet": "set data.dataset=lsp, or point data.paths.lspet at the LSP Extended folder "
+                 "(lspet_dataset, 14 x 3 x 10000)"}
+
+
+def read_joints(path: str, layout: str | None = None, fix: str | None = None) -> tuple[str, np.ndarray]:
+    """(layout, joints (N, 14, 3)) from an LSP or LSPET `joints.mat`; layout 'lsp' or 'lspet',
+    told by shape. With `layout`, a file of the other layout is a DataError naming the file, the
+    shape found, the layout expected and `fix` (default: the config keys to change)."""
+    mat = matfile.load(path)
     if "joints" not in mat:
-        raise BadExampleError(f"{path}: no variable 'joints' (found: {', '.join(k for k in mat if not k.startswith('__'))})")
-    joints = np.asarray(mat["joints"], np.float64)
+        raise matfile.missing_variable(path, "joints", mat)
+    joints = np.asarray(mat["joints"])
+    if not np.issubdtype(joints.dtype, np.number):
+        raise DataError(f"{path}: 'joints' holds {joints.dtype}, not numbers")
+    joints = joints.astype(np.float64)
+    shape = " x ".join(map(str, joints.shape))
     if joints.ndim == 3 and joints.shape[:2] == (3, 14):
-        return "lsp", joints.transpose(2, 1, 0)
-    if joints.ndim == 3 and joints.shape[:2] == (14, 3):
-        return "lspet", joints.transpose(2, 0, 1)
-    raise BadExampleError(f"{path}: 'joints' has shape {joints.shape}; expected 3 x 14 x N (LSP) "
-                          "or 14 x 3 x N (LSP Extended)")
+        found, joints = "lsp", joints.transpose(2, 1, 0)
+    elif joints.ndim == 3 and joints.shape[:2] == (14, 3):
+        found, joints = "lspet", joints.transpose(2, 0, 1)
+    else:
+        raise DataError(f"{path}: 'joints' has shape {shape}; expected {LAYOUTS['lsp'][1]} (LSP) "
+                        f"or {LAYOUTS['lspet'][1]} (LSP Extended)")
+    if layout is not None and found != layout:
+        raise DataError(f"{path}: 'joints' is {shape}, the {LAYOUTS[found][0]} layout "
+                        f"({LAYOUTS[found][1]}); expected the {LAYOUTS[layout][0]} layout "
+                        f"({LAYOUTS[layout][1]}): {fix or _FIX[layout]}")
+    return found, joints
 
 
 def mpi_like_scale(joints: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -76,49 +93,70 @@ def mpi_like_scale(joints: np.ndarray, visible: np.ndarray) -> np.ndarray:
     scales = np.empty(len(joints))
     for i in range(len(joints)):
         seen = normalised[i, limb_visible[i]]
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no usable limb
-            # MATLAB's quantile: NaN limbs (no median ratio) dropped, positions (i - 0.5) / n.
-            zoom = _TARGET_DIST / (np.nanquantile(seen, 0.75, method="hazen") / 35.0) if seen.size else np.nan
+        # MATLAB's quantile: NaN limbs (no median ratio) dropped, positions (i - 0.5) / n.
+        seen = seen[~np.isnan(seen)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zoom = _TARGET_DIST / (np.quantile(seen, 0.75, method="hazen") / 35.0) if seen.size else np.nan
         points = joints[i, visible[i]]
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             bound = (_BOX - _MARGIN) / np.ptp(points, axis=0).max() if len(points) else np.nan
         zoom = np.fmin(zoom, bound)  # MATLAB's min ignores NaN
         scales[i] = _TARGET_DIST / zoom
     return scales
 
 
-def _image_size(path: str) -> tuple[int, int]:
+def _image_size(path: str) -> tuple[float, float]:
+    """(width, height) of an image file; NaN where it cannot be read (the source then names the
+    example as bad when it loads it, and skips it with data.skip_bad_examples)."""
     try:
         with Image.open(path) as image:
             return image.size
-    except OSError as error:
-        raise BadExampleError(f"{path}: cannot read the image size: {error}") from error
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return np.nan, np.nan
 
 
-def read(root: str, split: str, name: str | None = None) -> records.Annotations:
-    """One split of an LSP or LSPET directory (`joints.mat`, `images/`), scaled by itself."""
-    return read_many([(root, split)], name)
+def _box_centre(joints: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """(N, 2) middle of each sample's visible joints' bounding box; NaN without one."""
+    low = np.where(visible[..., None], joints, np.inf).min(axis=1)
+    high = np.where(visible[..., None], joints, -np.inf).max(axis=1)
+    with np.errstate(invalid="ignore"):          # inf - inf where nothing is visible
+        middle = (low + high) / 2.0
+    return np.where(visible.any(axis=1)[:, None], middle, np.nan)
 
 
-def read_many(parts: list[tuple[str, str]], name: str | None = None) -> records.Annotations:
-    """Several (root, split) parts read together, as genJSON.m did for LSPET + LSP 1-1000:
-    the limb ratios of `mpi_like_scale` are shared."""
+def read(root: str, layout: str, split: str, name: str | None = None,
+         fix: str | None = None) -> records.Annotations:
+    """One split of an LSP ('lsp') or LSPET ('lspet') directory (`joints.mat`, `images/`),
+    scaled by itself. A `joints.mat` of the other layout is a DataError (see `read_many`)."""
+    return read_many([(root, layout, split)], name, fix)
+
+
+def read_many(parts: list[tuple[str, str, str]], name: str | None = None,
+              fix: str | None = None) -> records.Annotations:
+    """Several (root, layout, split) parts read together, as genJSON.m did for LSPET + LSP
+    1-1000: the limb ratios of `mpi_like_scale` are shared. `fix`: what the message of a
+    `joints.mat` of the wrong layout tells to do (default: the config keys)."""
     rows = []
-    for root, split in parts:
-        layout, joints = read_joints(os.path.join(root, "joints.mat"))
+    for root, layout, split in parts:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        if not os.path.isdir(root):
+            raise DataError(f"{root}: no such directory (the {LAYOUTS[layout][0]} folder, "
+                            "holding joints.mat and images/)")
+        path = os.path.join(root, "joints.mat")
+        _, joints = read_joints(path, layout, fix)
         if layout == "lsp":
             chosen = {"train": LSP_TRAIN, "test": LSP_TEST}.get(split)
             if chosen is None:
-                raise ValueError(f"LSP ({root}): unknown split {split!r}; known: train, test")
+                raise DataError(f"LSP ({root}): unknown split {split!r}; known: train, test")
             if len(joints) < chosen.stop:
-                raise BadExampleError(f"{root}/joints.mat: {len(joints)} samples; LSP has 2000")
+                raise DataError(f"{path}: {len(joints)} samples; LSP has 2000")
             indices = np.array(chosen)
             visible = joints[indices, :, 2] == 0
             names = [f"images/im{i + 1:04d}.jpg" for i in indices]
         else:
             if split != "train":
-                raise ValueError(f"LSP Extended ({root}): unknown split {split!r}; it has only 'train'")
+                raise DataError(f"LSP Extended ({root}): unknown split {split!r}; it has only 'train'")
             indices = np.arange(len(joints))
             visible = joints[:, :, 2] == 1
             names = [f"images/im{i + 1:05d}.jpg" for i in indices]
@@ -130,11 +168,9 @@ def read_many(parts: list[tuple[str, str]], name: str | None = None) -> records.
     for layout, root, names, joints, visible, visibility in rows:
         paths = [os.path.join(root, n) for n in names]
         if layout == "lsp":
-            center = (np.array([_image_size(p) for p in paths], np.float64) - 1.0) / 2.0
+            center = (np.array([_image_size(p) for p in paths], np.float64).reshape(-1, 2) - 1.0) / 2.0
         else:
-            with np.errstate(invalid="ignore"):
-                shown = np.where(visible[..., None], joints, np.nan)
-                center = (np.nanmin(shown, axis=1) + np.nanmax(shown, axis=1)) / 2.0
+            center = _box_centre(joints, visible)
         n = len(names)
         tables.append(records.make(name or layout, paths, joints, visibility, center,
                                    200.0 * scale[start:start + n]))

@@ -17,20 +17,27 @@ list) are neither. `is_visible` 0 or '0' is occluded
 not labelled (visibility 0, coordinates 0; the release's zero rows are not reproduced as peaks).
 MATLAB's 1-based pixels become 0-based; the scale becomes pixels (200 x annorect.scale).
 
+Every sample carries its head box (annorect x1 y1 x2 y2 less 1, the PCKh normaliser; NaN where
+the rect has none) in `Annotations.head_boxes`.
+
 Splits: `train` is every such person; `valid` the validation people of Tompson et al. (2,958),
 read from their `detections.mat` (`RELEASE_img_index`, `RELEASE_person_index`: 1-based annolist
-and annorect indices). With that file, `train` leaves them out. Messages name people in MATLAB's
-1-based notation, `annolist(i).annorect(p)`.
+and annorect indices). With that file, `train` leaves them out. A relative validation file is
+looked for as given, then under the dataset root (`validation_path`). Messages name people in
+MATLAB's 1-based notation, `annolist(i).annorect(p)`.
+
+`read_entries` reads a one-person-per-entry file (a top-level `annolist` of single people, as
+the validation-split annotations are distributed) for scoring. Problems with the files are
+`DataError`s naming the file and the element.
 """
 import dataclasses
 import os
 from typing import Any, Optional
 
 import numpy as np
-import scipy.io
 
+from cpm_jax.errors import DataError
 from data_pipelines import matfile, records, skeleton
-from data_pipelines.records import BadExampleError
 
 RELEASE_FILE = "mpii_human_pose_v1_u12_1.mat"
 RELEASE_FOLDER = "mpii_human_pose_v1_u12_2"     # the official zip's folder
@@ -44,8 +51,6 @@ assert len(MPII_IDS) == skeleton.NUM_JOINTS
 _PROJECT_INDEX = {mpii_id: j for j, mpii_id in enumerate(MPII_IDS)}
 SPLITS = ("train", "valid")
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Person:
     """One annotated person of the release, in 0-based pixels and the project's joint order."""
@@ -56,7 +61,7 @@ class Person:
     visibility: np.ndarray         # (14,) int32: 0 not labelled, 1 occluded, 2 visible
     center: np.ndarray             # (2,) objpos - 1
     scale: float                   # 200 x annorect.scale: person height in pixels
-    head_box: Optional[np.ndarray]  # (4,) x1 y1 x2 y2 - 1, None where the rect has none
+    head_box: np.ndarray           # (4,) x1 y1 x2 y2 - 1, NaN where the rect has none
 
     @property
     def where(self) -> str:
@@ -66,7 +71,7 @@ class Person:
 def _occluded(point: Any) -> bool:
     """genJSON.m: is_visible == 0 or == '0' is occluded; anything else (including an empty or
     missing value, which MATLAB's `||` rejects into its catch branch) is visible."""
-    value = getattr(point, "is_visible", None) if hasattr(point, "_fieldnames") else None
+    value = getattr(point, "is_visible", None) if matfile.is_struct(point) else None
     if value is None or matfile.is_empty(value):
         return False
     if isinstance(value, str):
@@ -84,24 +89,25 @@ def _occluded(point: Any) -> bool:
 def _points(rect: Any, where: str) -> list:
     """The rect's annopoints.point as a list; [] where there is none (the field missing or
     empty, as genJSON.m's try/catch skips); anything else than a struct there is an error."""
-    if not hasattr(rect, "_fieldnames"):
-        raise BadExampleError(f"{where}: expected a MATLAB struct, found {type(rect).__name__}")
-    annopoints = getattr(rect, "annopoints", None) if "annopoints" in rect._fieldnames else None
+    if not matfile.is_struct(rect):
+        raise DataError(f"{where}: expected a MATLAB struct, found {type(rect).__name__}")
+    annopoints = getattr(rect, "annopoints", None) if matfile.has_field(rect, "annopoints") else None
     if matfile.is_empty(annopoints):
         return []
-    if not hasattr(annopoints, "_fieldnames"):
-        raise BadExampleError(f"{where}.annopoints: expected a MATLAB struct, "
-                              f"found {type(annopoints).__name__}")
-    if "point" not in annopoints._fieldnames:
+    if not matfile.is_struct(annopoints):
+        raise DataError(f"{where}.annopoints: expected a MATLAB struct, "
+                        f"found {type(annopoints).__name__}")
+    if not matfile.has_field(annopoints, "point"):
         return []
     return matfile.as_list(annopoints.point)
 
 
-def _head_box(rect: Any) -> Optional[np.ndarray]:
+def _head_box(rect: Any) -> np.ndarray:
+    """(4,) x1 y1 x2 y2 - 1; NaN where the rect has no (numeric) head box."""
     try:
         box = [float(np.asarray(getattr(rect, k)).reshape(())) for k in ("x1", "y1", "x2", "y2")]
     except (AttributeError, ValueError, TypeError):
-        return None
+        return np.full(4, np.nan)
     return np.array(box) - 1.0
 
 
@@ -114,7 +120,7 @@ def _person(rect: Any, points: list, image_index: int, person_index: int, image_
         at = f"{where}.annopoints.point({k + 1})"
         mpii_id = matfile.number(matfile.field(point, "id", at), f"{at}.id")
         if mpii_id != int(mpii_id) or not 0 <= mpii_id < NUM_MPII_JOINTS:
-            raise BadExampleError(f"{at}: joint id {mpii_id:g} is not one of 0..{NUM_MPII_JOINTS - 1}")
+            raise DataError(f"{at}: joint id {mpii_id:g} is not one of 0..{NUM_MPII_JOINTS - 1}")
         x = matfile.number(matfile.field(point, "x", at), f"{at}.x")
         y = matfile.number(matfile.field(point, "y", at), f"{at}.y")
         j = _PROJECT_INDEX.get(int(mpii_id))
@@ -136,30 +142,38 @@ def find_release(root: str) -> str:
     for path in candidates:
         if os.path.isfile(path):
             return path
-    raise BadExampleError(f"MPII: no annotation file {candidates[0]} (nor {candidates[1]})")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: no such directory (the MPII folder, holding {RELEASE_FILE} and images/)")
+    raise DataError(f"MPII: no annotation file {candidates[0]} (nor {candidates[1]})")
 
 
-def _load(path: str) -> dict:
-    try:
-        return scipy.io.loadmat(path, struct_as_record=False, squeeze_me=True)
-    except matfile.MAT_ERRORS as error:
-        raise BadExampleError(f"{path}: cannot read as a MATLAB file: {error}") from error
+def _release(path: str) -> tuple[list, np.ndarray]:
+    """(annolist entries, img_train) of the release file `path`."""
+    mat = matfile.load(path, structs=True)
+    if "RELEASE" not in mat:
+        raise matfile.missing_variable(path, "RELEASE", mat)
+    release = mat["RELEASE"]
+    annolist = matfile.as_list(matfile.field(release, "annolist", f"{path}: RELEASE"))
+    img_train = np.atleast_1d(np.asarray(matfile.field(release, "img_train", f"{path}: RELEASE"))).ravel()
+    if len(img_train) != len(annolist):
+        raise DataError(f"{path}: RELEASE.img_train has {len(img_train)} entries, "
+                        f"annolist {len(annolist)}")
+    return annolist, img_train
+
+
+def _image_name(entry: Any, where: str) -> str:
+    image = matfile.field(entry, "image", where)
+    name = matfile.field(image, "name", f"{where}.image")
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}.image.name: expected a file name, found {name!r}")
+    return name
 
 
 def load_people(path: str, only_train: bool = True) -> tuple[int, list[Person]]:
     """(number of annolist entries, every person with annopoints.point), in annolist and annorect
     order, from the release file `path`; `only_train` reads only the images with img_train == 1
     (the others are not parsed at all, as in genJSON.m)."""
-    mat = _load(path)
-    if "RELEASE" not in mat:
-        raise BadExampleError(f"{path}: no variable 'RELEASE' (found: "
-                              f"{', '.join(k for k in mat if not k.startswith('__')) or 'nothing'})")
-    release = mat["RELEASE"]
-    annolist = matfile.as_list(matfile.field(release, "annolist", f"{path}: RELEASE"))
-    img_train = np.atleast_1d(np.asarray(matfile.field(release, "img_train", f"{path}: RELEASE"))).ravel()
-    if len(img_train) != len(annolist):
-        raise BadExampleError(f"{path}: RELEASE.img_train has {len(img_train)} entries, "
-                              f"annolist {len(annolist)}")
+    annolist, img_train = _release(path)
     people = []
     for i, entry in enumerate(annolist):
         if only_train and matfile.number(img_train[i], f"{path}: RELEASE.img_train({i + 1})") != 1:
@@ -172,44 +186,70 @@ def load_people(path: str, only_train: bool = True) -> tuple[int, list[Person]]:
             if not points:
                 continue       # "sometimes no annotation at all": no sample, no other
             if image_name is None:
-                image = matfile.field(entry, "image", where)
-                image_name = matfile.field(image, "name", f"{where}.image")
-                if not isinstance(image_name, str) or not image_name:
-                    raise BadExampleError(f"{where}.image.name: expected a file name, found {image_name!r}")
+                image_name = _image_name(entry, where)
             people.append(_person(rect, points, i, p, image_name, path))
     return len(annolist), people
 
 
-def _load_index_file(path: str) -> dict:
-    """A file of plain numeric variables: MATLAB v4-v7 through scipy, v7.3 (HDF5) through h5py."""
-    try:
-        return scipy.io.loadmat(path)
-    except NotImplementedError as error:      # scipy: "use HDF reader for matlab v7.3 files"
-        try:
-            import h5py
-            with h5py.File(path, "r") as f:
-                return {k: np.asarray(v) for k, v in f.items() if isinstance(v, h5py.Dataset)}
-        except (ImportError, OSError) as error2:
-            raise BadExampleError(f"{path}: cannot read as a MATLAB file: {error}; {error2}") from error2
-    except matfile.MAT_ERRORS as error:
-        raise BadExampleError(f"{path}: cannot read as a MATLAB file: {error}") from error
+def read_entries(path: str) -> list[Optional[Person]]:
+    """One person per annolist entry, in file order, from a file whose top-level `annolist` lists
+    single people (as the validation-split annotations are distributed), or from the release's
+    RELEASE.annolist read the same way: entry i gives its one annorect's Person (image_index i,
+    person_index 0, image name "" where the entry has none), or None where that person has no
+    annotated points. An entry without exactly one annorect is a DataError."""
+    mat = matfile.load(path, structs=True)
+    if "RELEASE" in mat:
+        annolist = matfile.field(mat["RELEASE"], "annolist", f"{path}: RELEASE")
+    elif "annolist" in mat:
+        annolist = mat["annolist"]
+    else:
+        raise DataError(f"{path}: neither 'RELEASE' nor 'annolist' (found: "
+                        f"{', '.join(mat) or 'nothing'}); not MPII annotations")
+    people = []
+    for i, entry in enumerate(matfile.as_list(annolist)):
+        where = f"{path}: annolist({i + 1})"
+        rects = matfile.as_list(matfile.field(entry, "annorect", where))
+        if len(rects) != 1:
+            raise DataError(f"{where} has {len(rects)} annorect; a one-person-per-entry file has "
+                            "exactly one (the full release is read by split: valid or train)")
+        points = _points(rects[0], f"{where}.annorect(1)")
+        if not points:
+            people.append(None)
+            continue
+        image = getattr(entry, "image", None) if matfile.has_field(entry, "image") else None
+        name = image.name if matfile.has_field(image, "name") and isinstance(image.name, str) else ""
+        people.append(_person(rects[0], points, i, 0, name, path))
+    if not people:
+        raise DataError(f"{path}: 'annolist' is empty")
+    return people
+
+
+def validation_path(root: str, validation_file: str) -> str:
+    """The validation file to read: `validation_file` itself if it exists; a relative one that
+    does not is looked for under the dataset `root`. DataError naming both places if neither has it."""
+    if os.path.exists(validation_file) or os.path.isabs(validation_file):
+        return validation_file
+    under_root = os.path.join(root, validation_file)
+    if os.path.exists(under_root):
+        return under_root
+    raise DataError(f"{validation_file}: no such file (nor {under_root}): the validation people "
+                    "(Tompson et al.'s detections.mat)")
 
 
 def read_validation(path: str) -> list[tuple[int, int]]:
     """Tompson et al.'s validation people as 0-based (annolist, annorect) pairs, in file order."""
-    mat = _load_index_file(path)
-    found = ', '.join(k for k in mat if not k.startswith('__')) or 'nothing'
+    mat = matfile.load(path)
     pairs = []
     for name in ("RELEASE_img_index", "RELEASE_person_index"):
         if name not in mat:
-            raise BadExampleError(f"{path}: no variable '{name}' (found: {found})")
+            raise matfile.missing_variable(path, name, mat)
         values = np.asarray(mat[name]).ravel()
         if not np.issubdtype(values.dtype, np.number) or not np.all(values == np.round(values)) \
                 or not np.all(values >= 1):
-            raise BadExampleError(f"{path}: '{name}' must hold 1-based indices")
+            raise DataError(f"{path}: '{name}' must hold 1-based indices")
         pairs.append(values.astype(np.int64) - 1)
     if len(pairs[0]) != len(pairs[1]):
-        raise BadExampleError(f"{path}: RELEASE_img_index has {len(pairs[0])} entries, "
+        raise DataError(f"{path}: RELEASE_img_index has {len(pairs[0])} entries, "
                               f"RELEASE_person_index {len(pairs[1])}")
     return list(zip(pairs[0].tolist(), pairs[1].tolist()))
 
@@ -230,20 +270,19 @@ def _table(dataset: str, root: str, chosen: list[Person], by_image: dict[int, li
         np.array([s.joints for s in chosen]).reshape(n, p, 2),
         np.array([s.visibility for s in chosen]).reshape(n, p),
         np.array([s.center for s in chosen]).reshape(n, 2),
-        np.array([s.scale for s in chosen]), others_joints, others_visibility)
+        np.array([s.scale for s in chosen]), others_joints, others_visibility,
+        np.array([s.head_box for s in chosen]).reshape(n, 4))
 
 
 def read(root: str, split: str, validation_file: str | None = None,
          name: str = "mpii") -> records.Annotations:
     """One split of the MPII training images: 'train' (all annotated people, less the validation
     people when `validation_file` is given) or 'valid' (exactly the people of `validation_file`,
-    Tompson's detections.mat, in its order). A relative `validation_file` that does not exist is
-    also looked for under `root`."""
+    Tompson's detections.mat, in its order), located by `validation_path`."""
     if split not in SPLITS:
-        raise ValueError(f"MPII ({root}): unknown split {split!r}; known: {', '.join(SPLITS)}")
-    if validation_file is not None and not os.path.isabs(validation_file) and \
-            not os.path.exists(validation_file) and os.path.exists(os.path.join(root, validation_file)):
-        validation_file = os.path.join(root, validation_file)
+        raise DataError(f"MPII ({root}): unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if validation_file is not None:
+        validation_file = validation_path(root, validation_file)
     people, chosen = select_people(find_release(root), split, validation_file)
     by_image: dict[int, list[Person]] = {}
     for person in people:
@@ -256,8 +295,9 @@ def select_people(path: str, split: str, validation_file: str | None = None) -> 
     'train' is all of them less the validation people of `validation_file` (if given); 'valid'
     is exactly those, in the file's order."""
     if split == "valid" and validation_file is None:
-        raise ValueError(f"MPII ({path}): split 'valid' needs a validation file (Tompson et al.'s "
-                         "detections.mat with RELEASE_img_index and RELEASE_person_index)")
+        raise DataError(f"MPII ({path}): split 'valid' needs a validation file (Tompson et al.'s "
+                        "detections.mat with RELEASE_img_index and RELEASE_person_index; "
+                        "data.mpii_validation_file)")
     num_images, people = load_people(path)
     validation = read_validation(validation_file) if validation_file is not None else []
     if split == "train":
@@ -269,7 +309,7 @@ def select_people(path: str, split: str, validation_file: str | None = None) -> 
         if (i, p) not in index:
             why = ("beyond the release's annolist" if i >= num_images else
                    "not a training image's person with annopoints.point in the release")
-            raise BadExampleError(f"{validation_file}: validation entry {n + 1}, "
-                                  f"annolist({i + 1}).annorect({p + 1}) of {path}, is {why}")
+            raise DataError(f"{validation_file}: validation entry {n + 1}, "
+                            f"annolist({i + 1}).annorect({p + 1}) of {path}, is {why}")
         chosen.append(index[(i, p)])
     return people, chosen

@@ -19,8 +19,11 @@ and an epoch is size // n examples per process. Augmentation is seeded by (seed,
 index): new every epoch. Evaluation reads a split in order. With `data.skip_bad_examples` the
 skipped examples leave gaps, so a resumed run is exact only up to the first skipped example.
 """
-import atexit
+import collections
+import itertools
 import os
+import re
+import threading
 import weakref
 from typing import Iterator
 
@@ -28,9 +31,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from cpm_jax import architecture
+from cpm_jax.errors import UserError
 from data_pipelines import augment, registry, targets
-
-tf.config.set_visible_devices([], "GPU")  # TensorFlow only feeds the accelerators; JAX owns them.
 
 _FIELDS = {  # record field -> (dtype, shape given P parts)
     "image": (tf.uint8, lambda p: [None, None, 3]),
@@ -40,6 +43,7 @@ _FIELDS = {  # record field -> (dtype, shape given P parts)
     "scale": (tf.float32, lambda p: []),
     "others_joints": (tf.float32, lambda p: [None, p, 2]),
     "others_visibility": (tf.int32, lambda p: [None, p]),
+    "head_box": (tf.float32, lambda p: [4]),
 }
 
 
@@ -47,7 +51,8 @@ class NumpyBatches:
     """Iterator over a tf.data pipeline's numpy batches, reshaped for `num_devices`.
 
     Pipelines that call Python (`tf.numpy_function`) hang the interpreter's exit if their
-    iterator is still alive then; every NumpyBatches is therefore closed at exit."""
+    iterator is still alive then; `close_all` closes every open one (at exit after
+    `cpm_jax.runtime.setup()`, which every entry point calls)."""
     _open: "weakref.WeakSet[NumpyBatches]" = weakref.WeakSet()
 
     def __init__(self, ds: tf.data.Dataset, num_devices: int, pad_to: int | None = None):
@@ -61,10 +66,13 @@ class NumpyBatches:
         if self._iterator is None:
             raise StopIteration
         try:
-            batch = next(self._iterator)
+            batch, failure = _next_or_failure(self._iterator)
         except StopIteration:
             self.close()
             raise
+        if failure is not None:               # a source failed: its own error, not TensorFlow's
+            self.close()
+            raise failure
         missing = (self._pad_to or 0) - len(next(iter(batch.values())))
         if missing > 0:  # evaluation: pad the last batch with zeros; `valid` marks real examples
             batch = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
@@ -78,12 +86,6 @@ class NumpyBatches:
         for batches in list(cls._open):
             batches.close()
 
-
-atexit.register(NumpyBatches.close_all)
-
-
-def _normalise(image):
-    return image / 256.0 - 0.5
 
 
 def _options() -> tf.data.Options:
@@ -109,16 +111,81 @@ def _stream_indices(size: int | None, seed: int, shard: tuple[int, int]):
     return to_index
 
 
+# Errors of the Python loader inside tf.data. tf.numpy_function turns an exception into a
+# TensorFlow error whose message buries the original's text in a traceback; `record_stream`
+# keeps each UserError here and raises a stand-in that names it, and `loader_error` gives the
+# original back to the iterators (NumpyBatches, numpy_iterator), which raise it instead.
+_LOADER_ERRORS: "collections.OrderedDict[int, UserError]" = collections.OrderedDict()
+_LOADER_ERRORS_LOCK = threading.Lock()
+_LOADER_ERROR_TAG = "cpm_jax loader error #"
+_loader_error_ids = itertools.count()
+
+
+class _LoaderError(RuntimeError):
+    """Stands in for a UserError on its way through tf.data; the message names the original."""
+
+
+def _keep(error: UserError) -> _LoaderError:
+    key = next(_loader_error_ids)
+    with _LOADER_ERRORS_LOCK:
+        _LOADER_ERRORS[key] = error
+        while len(_LOADER_ERRORS) > 64:   # errors never fetched (a pipeline dropped mid-way)
+            _LOADER_ERRORS.popitem(last=False)
+    return _LoaderError(f"{error} [{_LOADER_ERROR_TAG}{key}]")
+
+
+def loader_error(error: tf.errors.OpError) -> UserError | None:
+    """The UserError (BadExampleError, DataError, ...) a source raised inside a tf.data pipeline
+    that TensorFlow reports as `error`; None if `error` is something else."""
+    match = re.search(re.escape(_LOADER_ERROR_TAG) + r"(\d+)\]", error.message or "")
+    if match is None:
+        return None
+    with _LOADER_ERRORS_LOCK:
+        return _LOADER_ERRORS.pop(int(match.group(1)), None)
+
+
+def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict]:
+    """`ds.as_numpy_iterator()`, raising a source's own UserError (see `loader_error`) instead of
+    the TensorFlow error that carries it. Use it up (or drop it) before the interpreter exits."""
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            element, failure = _next_or_failure(iterator)
+        except StopIteration:
+            return
+        if failure is not None:
+            iterator = None      # not kept alive by the error's traceback (it would hang the exit)
+            raise failure
+        yield element
+
+
+def _next_or_failure(iterator) -> tuple:
+    """(next element, None), or (None, the source's UserError) where TensorFlow reports one.
+    The UserError is raised by the caller outside this `except`, so that it does not carry the
+    TensorFlow error (and, through its traceback, the live iterator) as its context."""
+    try:
+        return next(iterator), None
+    except tf.errors.OpError as error:
+        failure = loader_error(error)
+        if failure is None:
+            raise
+    return None, failure
+
+
 def record_stream(source, positions: tf.data.Dataset, to_index=None) -> tf.data.Dataset:
     """Records of `source` at `positions`, with int64 `index` and `key` (augmentation seed).
 
     `to_index` maps a position to (index, key); by default both are the position. Examples the
-    source skips (bad, with skip_bad_examples) are left out."""
+    source skips (bad, with skip_bad_examples) are left out; a UserError of the source (a bad
+    example without skipping) reaches the iterator (NumpyBatches, numpy_iterator) as itself."""
     keys = list(_FIELDS)
     num_parts = source.num_parts
 
     def load(index):
-        record = source.load(int(index))
+        try:
+            record = source.load(int(index))
+        except UserError as error:
+            raise _keep(error) from None
         if record is None:
             return [np.zeros([0 if d is None else d for d in _FIELDS[k][1](num_parts)], _FIELDS[k][0].as_numpy_dtype)
                     for k in keys] + [False]
@@ -169,7 +236,7 @@ def train_examples(config: ml_collections.ConfigDict, start: int = 0,
         crop = augment.train_crop(_label_visibility(record), seed, data, size,
                                   dataset.skeleton.flip_permutation)
         example = {
-            "image": _normalise(crop["image"]),
+            "image": architecture.normalise_image(crop["image"]),
             "center_map": pooled_center,
             "targets": targets.belief_targets(crop["joints"], crop["visibility"], size, sigma=data.target_sigma),
             "joints": crop["joints"],
@@ -194,31 +261,26 @@ def train_batches(config: ml_collections.ConfigDict, num_devices: int, start_ste
     return NumpyBatches(ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options()), num_devices)
 
 
-def eval_split(config: ml_collections.ConfigDict) -> str:
-    """The split scored at the end of training: `data.eval_split`, else the dataset's own."""
-    return config.data.get("eval_split") or registry.get(config.data.dataset).eval_split
-
-
 def eval_batches(config: ml_collections.ConfigDict, num_devices: int, split: str | None = None,
-                 count: int | None = None) -> Iterator[dict]:
+                 count: int = 0) -> Iterator[dict]:
     """Canonical crops of a split in order, padded to whole batches (`valid` marks the real
-    examples). `count` examples (default `data.num_heldout`; 0 means the whole split)."""
+    examples): the first `registry.example_count(source, data, count)` examples of `split`
+    (default: the dataset's evaluation split)."""
     data, size = config.data, config.model.input_size
     batch = config.training.eval_batch_size
-    source = registry.open_split(data, split or eval_split(config))
-    count = count or data.num_heldout or source.size
-    if source.size is not None:
-        count = min(count, source.size)
+    source = registry.open_split(data, split or registry.eval_split(data))
+    count = registry.example_count(source, data, count)
     pooled_center = tf.constant(targets.center_map(size, sigma=data.center_sigma))
 
     def prepare(record):
         crop = augment.eval_crop(record, data, size)
         return {
-            "image": _normalise(crop["image"]),
+            "image": architecture.normalise_image(crop["image"]),
             "center_map": pooled_center,
             "joints": crop["joints"],
             "visibility": crop["visibility"],
             "image_joints": record["joints"],
+            "head_box": record["head_box"],
             "crop_to_image": crop["crop_to_image"],
             "index": record["index"],
             "valid": tf.constant(True),

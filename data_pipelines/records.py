@@ -10,18 +10,21 @@ A split's labels are an `Annotations` table in numpy, one row per sample (one pe
                      so that `data.person_height` x input size / scale is the canonical zoom
   others_joints      (N, K, P, 2) and others_visibility (N, K, P): the other annotated people
                      of the same image (MPII, FLIC), padded with visibility 0; K may be 0.
+  head_boxes         (N, 4) float32 head box x1 y1 x2 y2, 0-based pixels (MPII's annorect
+                     x1..y2 less 1), the PCKh normaliser; NaN where there is none (LSP, LSPET,
+                     FLIC, synthetic, and MPII people without one)
 
 Readers turn official files into this table with 0-based coordinates (MATLAB files are
-1-based); `validate` rejects what no reader should pass on.
+1-based); `row(i)` is sample i as a record without its image (the fields above, singular:
+`head_box` (4,)); `check_record` rejects what no pipeline can use, raising
+`cpm_jax.errors.BadExampleError` naming the example.
 """
 import dataclasses
 from typing import Sequence
 
 import numpy as np
 
-
-class BadExampleError(ValueError):
-    """An example that cannot be used; the message names the file and the index."""
+from cpm_jax.errors import BadExampleError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Annotations:
     scale: np.ndarray             # (N,) float32
     others_joints: np.ndarray     # (N, K, P, 2) float32
     others_visibility: np.ndarray  # (N, K, P) int32
+    head_boxes: np.ndarray        # (N, 4) float32, NaN where absent
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -53,25 +57,35 @@ class Annotations:
         return {"joints": self.joints[index], "visibility": self.visibility[index],
                 "center": self.center[index], "scale": self.scale[index],
                 "others_joints": self.others_joints[index],
-                "others_visibility": self.others_visibility[index]}
+                "others_visibility": self.others_visibility[index],
+                "head_box": self.head_boxes[index]}
 
     def describe(self, index: int) -> str:
         """`<dataset> example <index> (<image file>)`, for error messages."""
         return f"{self.dataset} example {index} ({self.image_paths[index]})"
 
 
+def no_head_boxes(n: int) -> np.ndarray:
+    """(n, 4) float32 NaN: no head box."""
+    return np.full((n, 4), np.nan, np.float32)
+
+
 def make(dataset: str, image_paths: Sequence[str], joints, visibility, center, scale,
-         others_joints=None, others_visibility=None) -> Annotations:
-    """An `Annotations` table with the documented dtypes; no other people unless given."""
+         others_joints=None, others_visibility=None, head_boxes=None) -> Annotations:
+    """An `Annotations` table with the documented dtypes; no other people and no head boxes
+    (NaN) unless given."""
     joints = np.asarray(joints, np.float32)
     n, p = joints.shape[:2]
     if others_joints is None:
         others_joints = np.zeros((n, 0, p, 2), np.float32)
         others_visibility = np.zeros((n, 0, p), np.int32)
+    head_boxes = no_head_boxes(n) if head_boxes is None else np.asarray(head_boxes, np.float32)
+    if head_boxes.shape != (n, 4):
+        raise ValueError(f"{dataset}: head_boxes {head_boxes.shape} must be ({n}, 4)")
     return Annotations(dataset, np.asarray(image_paths, dtype=object), joints,
                        np.asarray(visibility, np.int32), np.asarray(center, np.float32),
                        np.asarray(scale, np.float32), np.asarray(others_joints, np.float32),
-                       np.asarray(others_visibility, np.int32))
+                       np.asarray(others_visibility, np.int32), head_boxes)
 
 
 def concatenate(dataset: str, parts: Sequence[Annotations]) -> Annotations:
@@ -87,13 +101,16 @@ def concatenate(dataset: str, parts: Sequence[Annotations]) -> Annotations:
         *(np.concatenate([getattr(a, name) for a in parts])
           for name in ("joints", "visibility", "center", "scale")),
         np.concatenate([pad(a.others_joints) for a in parts]),
-        np.concatenate([pad(a.others_visibility) for a in parts]))
+        np.concatenate([pad(a.others_visibility) for a in parts]),
+        np.concatenate([a.head_boxes for a in parts]))
 
 
 def check_record(record: dict, where: str) -> None:
     """Raises BadExampleError naming `where` for a record no pipeline can use: NaN or infinite
-    labelled coordinates, a centre that is not finite or lies outside the image, a scale that is
-    not a positive number. Joints outside the image are valid (truncated people)."""
+    labelled coordinates, a centre that is not finite or lies outside the image (and, said so,
+    no labelled joint to place the person by), a scale that is not a positive number, a head box
+    that is neither four numbers nor absent (all NaN). Joints outside the image are valid
+    (truncated people)."""
     height, width = record["image"].shape[:2]
     labelled = record["visibility"] > 0
     broken = labelled & ~np.isfinite(record["joints"]).all(-1)
@@ -102,9 +119,15 @@ def check_record(record: dict, where: str) -> None:
     if not (np.isfinite(record["others_joints"]).all(-1) | (record["others_visibility"] == 0)).all():
         raise BadExampleError(f"{where}: NaN or infinite coordinates of another person in the image")
     cx, cy = (float(v) for v in record["center"])
+    if not np.isfinite([cx, cy]).all() and not labelled.any():
+        raise BadExampleError(f"{where}: no joint is labelled, so the person's centre and scale "
+                              "cannot be estimated")
     if not (np.isfinite([cx, cy]).all() and -0.5 <= cx <= width - 0.5 and -0.5 <= cy <= height - 0.5):
         raise BadExampleError(f"{where}: person centre ({cx:.1f}, {cy:.1f}) lies outside the "
                               f"{width}x{height} image")
     scale = float(record["scale"])
     if not (np.isfinite(scale) and scale > 0):
         raise BadExampleError(f"{where}: person scale {scale} is not a positive number")
+    box = np.asarray(record["head_box"])
+    if box.shape != (4,) or not (np.isfinite(box).all() or np.isnan(box).all()):
+        raise BadExampleError(f"{where}: head box {box.tolist()} is neither x1 y1 x2 y2 nor absent (NaN)")

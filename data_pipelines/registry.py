@@ -1,47 +1,77 @@
-"""One registry: `config.data.dataset` names a dataset: its joint order, its splits, and how to
-open a split as a source of records (sources.py).
+"""One registry: `config.data.dataset` names a `Dataset` record holding every fact the code needs
+about that dataset; everything else asks the record (`get(name)`), and an unknown name fails
+with the known ones.
 
 Real datasets are read from their official layout under `config.data.paths.<name>`
 (`data.source = "files"`) or from a TFDS build in `data.tfds_data_dir` (`data.source = "tfds"`,
 see tfds_builders.py). `lsp+lspet` is the paper's LSP training set: LSPET plus LSP 1-1000,
 scaled together as the release did; its test split is LSP 1001-2000.
+
+Adding a dataset: write a reader that returns a `records.Annotations`, then add one record to
+`DATASETS` (or, in a test or a notebook, `register(Dataset(...))`).
 """
 import dataclasses
 from typing import Callable
 
 import ml_collections
 
+from cpm_jax import errors
 from data_pipelines import lsp, records, skeleton, sources
 
-SOURCE_KINDS = ("files", "tfds")
+SOURCE_KINDS = ("files", "tfds")           # config.data.source
+PERSON_RULES = ("image", "annotated")      # where the test-time procedure looks (multiscale.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """Everything about one dataset.
+
+    benchmark: the `evaluate score --dataset` name whose official annotation files and joint
+      order this dataset's prediction files follow (lsp, flic, mpii); None when there is no
+      official benchmark (its predictions are scored with LSP-style PCK over labelled joints).
+    person_rule: where the test-time procedure looks: "image" (the release's LSP rule: image
+      centre, 0.8 x input / image height; LSP images are tight crops) or "annotated" (the
+      record's centre and scale).
+    """
+    name: str
     skeleton: skeleton.Skeleton
     splits: tuple[str, ...]
-    eval_split: str                      # scored at the end of training
-    read: Callable[[ml_collections.ConfigDict, str], records.Annotations] | None  # raw files
+    eval_split: str                      # scored by the training evaluator and `evaluate run`
+    read: Callable[[ml_collections.ConfigDict, str], records.Annotations] | None  # None: synthetic
     tfds_parts: Callable[[str], list[tuple[str, str]]] | None  # split -> [(tfds name, split)]
+    benchmark: str | None = None
+    person_rule: str = "annotated"
     multi_person: bool = False           # records carry other people (stage-1 targets)
+
+    def __post_init__(self):
+        if self.eval_split not in self.splits:
+            raise ValueError(f"dataset {self.name!r}: eval_split {self.eval_split!r} is not one of {self.splits}")
+        if self.person_rule not in PERSON_RULES:
+            raise ValueError(f"dataset {self.name!r}: person_rule {self.person_rule!r}; known: {PERSON_RULES}")
 
     @property
     def num_parts(self) -> int:
         return self.skeleton.num_joints
 
+    @property
+    def metric(self) -> str:
+        """The metrics.BENCHMARKS name the evaluators score this dataset with."""
+        return self.benchmark or "labelled"
+
 
 def _path(data: ml_collections.ConfigDict, name: str) -> str:
     path = data.paths.get(name) if "paths" in data else None
     if not path:
-        raise ValueError(f"config.data.paths.{name} is not set: the directory of the {name} dataset "
-                         "in its official layout")
+        raise errors.ConfigError(f"config.data.paths.{name} is not set: the directory of the {name} "
+                                 "dataset in its official layout")
     return path
 
 
 def _lsp_plus_lspet(data, split):
     if split == "train":
-        return lsp.read_many([(_path(data, "lspet"), "train"), (_path(data, "lsp"), "train")], "lsp+lspet")
-    return lsp.read(_path(data, "lsp"), split, "lsp+lspet")
+        return lsp.read_many([(_path(data, "lspet"), "lspet", "train"), (_path(data, "lsp"), "lsp", "train")],
+                             "lsp+lspet")
+    return lsp.read(_path(data, "lsp"), "lsp", split, "lsp+lspet")
 
 
 def _mpii(data, split):
@@ -54,35 +84,52 @@ def _flic(data, split):
     return flic.read(_path(data, "flic"), split)
 
 
-DATASETS: dict[str, Dataset] = {
-    "synthetic": Dataset(skeleton.LSP, ("train", "heldout"), "heldout", None, None),
-    "lsp": Dataset(skeleton.LSP, ("train", "test"), "test",
-                   lambda data, split: lsp.read(_path(data, "lsp"), split, "lsp"),
-                   lambda split: [("lsp", split)]),
-    "lspet": Dataset(skeleton.LSP, ("train",), "train",
-                     lambda data, split: lsp.read(_path(data, "lspet"), split, "lspet"),
-                     lambda split: [("lspet", split)]),
-    "lsp+lspet": Dataset(skeleton.LSP, ("train", "test"), "test", _lsp_plus_lspet,
-                         lambda split: [("lspet", "train"), ("lsp", "train")] if split == "train"
-                         else [("lsp", split)]),
-    "mpii": Dataset(skeleton.LSP, ("train", "valid"), "valid", _mpii, lambda split: [("mpii", split)],
-                    multi_person=True),
-    "flic": Dataset(skeleton.FLIC, ("train", "test"), "test", _flic, lambda split: [("flic", split)],
-                    multi_person=True),
-}
+DATASETS: dict[str, Dataset] = {}
+
+
+def register(dataset: Dataset) -> Dataset:
+    """Adds (or replaces) a record; returns it."""
+    DATASETS[dataset.name] = dataset
+    return dataset
+
+
+for _record in (
+    Dataset("synthetic", skeleton.LSP, ("train", "heldout"), "heldout", None, None),
+    Dataset("lsp", skeleton.LSP, ("train", "test"), "test",
+            lambda data, split: lsp.read(_path(data, "lsp"), "lsp", split, "lsp"),
+            lambda split: [("lsp", split)], benchmark="lsp", person_rule="image"),
+    Dataset("lspet", skeleton.LSP, ("train",), "train",
+            lambda data, split: lsp.read(_path(data, "lspet"), "lspet", split, "lspet"),
+            lambda split: [("lspet", split)]),
+    Dataset("lsp+lspet", skeleton.LSP, ("train", "test"), "test", _lsp_plus_lspet,
+            lambda split: [("lspet", "train"), ("lsp", "train")] if split == "train" else [("lsp", split)],
+            benchmark="lsp", person_rule="image"),
+    Dataset("mpii", skeleton.LSP, ("train", "valid"), "valid", _mpii, lambda split: [("mpii", split)],
+            benchmark="mpii", multi_person=True),
+    Dataset("flic", skeleton.FLIC, ("train", "test"), "test", _flic, lambda split: [("flic", split)],
+            benchmark="flic", multi_person=True),
+):
+    register(_record)
 
 
 def get(name: str) -> Dataset:
     if name not in DATASETS:
-        raise ValueError(f"config.data.dataset = {name!r}: unknown dataset; known: {', '.join(DATASETS)}")
+        raise errors.ConfigError(f"config.data.dataset = {name!r}: unknown dataset; known: "
+                                 f"{', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def eval_split(data: ml_collections.ConfigDict) -> str:
+    """The split the evaluators score: `data.eval_split`, else the dataset's own."""
+    return data.get("eval_split") or get(data.dataset).eval_split
 
 
 def open_split(data: ml_collections.ConfigDict, split: str):
     """The source of `split` of `data.dataset`: `.load(i)` -> record, `.size` (None: endless)."""
     dataset = get(data.dataset)
     if split not in dataset.splits:
-        raise ValueError(f"dataset {data.dataset!r}: unknown split {split!r}; known: {', '.join(dataset.splits)}")
+        raise errors.ConfigError(f"dataset {data.dataset!r}: unknown split {split!r}; known: "
+                                 f"{', '.join(dataset.splits)}")
     if dataset.read is None:
         return sources.SyntheticSource(int(data.get("synthetic_seed", 0)), split, int(data.synthetic_image_size))
     skip = bool(data.get("skip_bad_examples", False))
@@ -91,3 +138,16 @@ def open_split(data: ml_collections.ConfigDict, split: str):
         return sources.concatenate([tfds_builders.source(name, part, data.tfds_data_dir, skip)
                                     for name, part in dataset.tfds_parts(split)])
     return sources.from_annotations(dataset.read(data, split), skip)
+
+
+def example_count(source, data: ml_collections.ConfigDict, requested: int = 0) -> int:
+    """How many examples of `source` (from the start) an evaluation reads: `requested` if > 0,
+    else the whole split, else (an endless split) `data.num_heldout`; never more than the split.
+    Raises ConfigError when that is nothing."""
+    count = requested or source.size or int(data.get("num_heldout", 0))
+    if source.size is not None:
+        count = min(count, source.size)
+    if count <= 0:
+        raise errors.ConfigError(f"{source.name}: nothing to evaluate (an endless split needs a count "
+                                 "or config.data.num_heldout >= 1)")
+    return count

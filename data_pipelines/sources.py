@@ -1,12 +1,14 @@
 """Random access to one split of a dataset: `source.size` examples, `source.load(i)` -> record.
 
 A record is a dict of numpy arrays: `image` uint8 (H, W, 3) RGB plus the fields of
-`records.Annotations.row` (joints, visibility, center, scale, others_*). Raw files and TFDS
-builds decode and check examples the same way (`decode_image`, `records.check_record`): a bad
-example raises BadExampleError naming its file and index or, with `skip_bad_examples`, is
-skipped (`load` returns None), counted, and reported once per epoch by `BadExampleLog`.
+`records.Annotations.row` (joints, visibility, center, scale, others_*, head_box). Raw files and
+TFDS builds decode and check examples the same way (`decode_image`, `records.check_record`): a
+bad example raises BadExampleError naming its file and index or, with `skip_bad_examples`, is
+skipped (`load` returns None), counted, and reported once per epoch by `BadExampleLog`. Problems
+of a whole split (its annotation file) are DataErrors raised by the readers, never skipped.
 """
 import io
+import os
 import threading
 from typing import Callable, Optional
 
@@ -14,22 +16,29 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from data_pipelines import records, synthetic
-from data_pipelines.records import BadExampleError
+from cpm_jax.errors import BadExampleError, DataError
+from data_pipelines import matfile, records, synthetic
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
     """Encoded JPEG or PNG -> uint8 (H, W, 3) RGB, by content, not by file name.
 
     Grayscale, palette, CMYK and alpha images are converted to RGB, as OpenCV's imread does in
-    the release; 16-bit images keep their top 8 bits (as imread). A truncated or undecodable
-    file raises BadExampleError naming `where`."""
+    the release; 16-bit images keep their top 8 bits (as imread). A file that is not an image
+    ("not a JPEG or PNG image"), or a truncated or undecodable one, raises BadExampleError
+    naming `where`."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes everything: a truncated JPEG raises here
             if image.mode.startswith("I"):  # 16-bit grayscale (PIL's "I;16" or "I")
                 image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
             return np.asarray(image.convert("RGB"))
+    except Image.UnidentifiedImageError as error:     # PIL names a BytesIO object: say what it is
+        kind = matfile.describe_content(data[:128])
+        if kind in ("a JPEG image", "a PNG image"):
+            raise BadExampleError(f"{where}: cannot decode the image: it begins as {kind} but is "
+                                  "damaged") from error
+        raise BadExampleError(f"{where}: not a JPEG or PNG image (it is {kind})") from error
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BadExampleError(f"{where}: cannot decode the image: {error}") from error
 
@@ -87,6 +96,8 @@ def from_annotations(ann: records.Annotations, skip_bad_examples: bool = False) 
     """Images read from the files `ann.image_paths`."""
     def fetch(index: int):
         path = ann.image_paths[index]
+        if os.path.isdir(path):
+            raise BadExampleError(f"{ann.describe(index)}: {path} is a directory, not an image file")
         try:
             with open(path, "rb") as f:
                 return f.read(), ann.row(index)
@@ -123,7 +134,7 @@ class SyntheticSource:
 
     def __init__(self, seed: int, split: str, image_size: int):
         if split not in synthetic.SPLITS:
-            raise ValueError(f"synthetic dataset: unknown split {split!r}; known: {', '.join(synthetic.SPLITS)}")
+            raise DataError(f"synthetic dataset: unknown split {split!r}; known: {', '.join(synthetic.SPLITS)}")
         self.name, self.size, self.num_parts = f"synthetic/{split}", None, synthetic.NUM_JOINTS
         self._seed, self._split, self._image_size = seed, split, image_size
 
@@ -131,4 +142,5 @@ class SyntheticSource:
         record = synthetic.render_example(self._seed, self._split, index, self._image_size)
         record["others_joints"] = np.zeros((0, self.num_parts, 2), np.float32)
         record["others_visibility"] = np.zeros((0, self.num_parts), np.int32)
+        record["head_box"] = records.no_head_boxes(1)[0]
         return record

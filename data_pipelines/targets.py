@@ -6,7 +6,7 @@ Coordinates are (x, y) input pixels, 0-based, integer values at pixel centres. H
 import numpy as np
 import tensorflow as tf
 
-STRIDE = 8
+from cpm_jax.architecture import STRIDE
 TARGET_SIGMA_PX = 7.0
 TARGET_CUTOFF = 0.01
 CENTER_SIGMA_PX = 21.0

@@ -23,8 +23,13 @@ shuffling is disabled, so record i of a build is row i of the reader's table):
   image_path     the image file relative to manual_dir (text)
   index          int64, the position in the split
   joints (P, 2) float32, visibility (P,) int32, center (2,) float32, scale float32,
-  others_joints (K, P, 2) float32, others_visibility (K, P) int32   (`records.Annotations.row`)
+  others_joints (K, P, 2) float32, others_visibility (K, P) int32,
+  head_box (4,) float32 (x1 y1 x2 y2, NaN where none: all but MPII)  (`records.Annotations.row`)
 P is 14 (LSP order) for LSP, LSPET and MPII, 9 for FLIC.
+
+Versions (`VERSION`, `RELEASE_NOTES`): 1.1.0 added head_box. This code reads only builds of the
+current version; an older build is refused with a message naming its folder and the command that
+rebuilds it (the new version is built next to it; delete the old folder afterwards).
 
 Building (offline: nothing is downloaded, GCS is never consulted):
   Python:  tfds_builders.build("lspet", manual_dir="/data/lspet", data_dir="/data/tfds")
@@ -41,7 +46,7 @@ Building (offline: nothing is downloaded, GCS is never consulted):
   `mlcroissant` when it starts, packages it does not install; without them `tfds` fails before
   reading its arguments, so `pip install apache-beam mlcroissant` first, or use the two ways
   above, which need neither.
-  Each build is `<data_dir>/cpm_<name>/1.0.0/cpm_<name>-<split>.array_record-NNNNN-of-MMMMM`
+  Each build is `<data_dir>/cpm_<name>/<VERSION>/cpm_<name>-<split>.array_record-NNNNN-of-MMMMM`
   plus dataset_info.json and features.json; TFDS picks the shard count (shards of at most
   1 GiB) unless `num_shards` / `--num_shards` is given.
 
@@ -58,10 +63,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from cpm_jax.errors import BadExampleError, DataError
 from data_pipelines import records, skeleton, sources
-from data_pipelines.records import BadExampleError
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
+RELEASE_NOTES = {
+    "1.0.0": "Original image bytes, common Annotations fields, reader order.",
+    "1.1.0": "head_box (4,) float32 per example: MPII's head box, the PCKh normaliser (NaN elsewhere).",
+}
 MPII_VALIDATION_FILE = "detections.mat"  # Tompson et al.'s validation split, in manual_dir
 
 _ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
@@ -75,7 +84,7 @@ class PoseBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     Abstract, so TFDS registers only the subclasses."""
 
     VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {str(VERSION): "Original image bytes, common Annotations fields, reader order."}
+    RELEASE_NOTES = RELEASE_NOTES
     SPLITS: tuple[str, ...] = ("train",)
     NUM_PARTS: int = skeleton.LSP.num_joints
     DESCRIPTION = ""
@@ -114,6 +123,8 @@ class PoseBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
                 "scale": tfds.features.Scalar(np.float32),
                 "others_joints": tfds.features.Tensor(shape=(None, p, 2), dtype=np.float32),
                 "others_visibility": tfds.features.Tensor(shape=(None, p), dtype=np.int32),
+                "head_box": tfds.features.Tensor(shape=(4,), dtype=np.float32,
+                                                 doc="x1 y1 x2 y2, 0-based pixels; NaN: none"),
             }),
         )
 
@@ -125,7 +136,7 @@ class PoseBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     def _generate_examples(self, manual_dir: str, split: str):
         ann = self.read(manual_dir, split)
         if ann.num_parts != self.NUM_PARTS:
-            raise ValueError(f"{ann.dataset}: the reader gave {ann.num_parts} parts; the "
+            raise DataError(f"{ann.dataset}: the reader gave {ann.num_parts} parts; the "
                              f"{self.name} builder stores {self.NUM_PARTS}")
         for index in range(len(ann)):
             path = os.fspath(ann.image_paths[index])
@@ -144,6 +155,7 @@ class PoseBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
                 "center": row["center"], "scale": row["scale"],
                 "others_joints": row["others_joints"],
                 "others_visibility": row["others_visibility"],
+                "head_box": row["head_box"],
             }
 
 
@@ -165,7 +177,8 @@ class CpmLsp(PoseBuilder):
 
     def read(self, manual_dir, split):
         from data_pipelines import lsp
-        return lsp.read(manual_dir, split, name="lsp")
+        return lsp.read(manual_dir, "lsp", split, name="lsp",
+                        fix="the lsp build's manual_dir must be the LSP folder (lsp_dataset)")
 
 
 class CpmLspet(PoseBuilder):
@@ -179,7 +192,8 @@ class CpmLspet(PoseBuilder):
 
     def read(self, manual_dir, split):
         from data_pipelines import lsp
-        return lsp.read(manual_dir, split, name="lspet")
+        return lsp.read(manual_dir, "lspet", split, name="lspet",
+                        fix="the lspet build's manual_dir must be the LSP Extended folder (lspet_dataset)")
 
 
 class CpmMpii(PoseBuilder):
@@ -239,7 +253,7 @@ BUILDERS: dict[str, type[PoseBuilder]] = {
 def builder_class(name: str) -> type[PoseBuilder]:
     """The builder of dataset `name` (lsp, lspet, mpii, flic)."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown TFDS dataset {name!r}; known: {', '.join(BUILDERS)}")
+        raise DataError(f"unknown TFDS dataset {name!r}; known: {', '.join(BUILDERS)}")
     return BUILDERS[name]
 
 
@@ -261,7 +275,7 @@ def build(name: str, manual_dir: str, data_dir: str, overwrite: bool = False,
     if existing.is_prepared():
         if not overwrite:
             if _ARRAY_RECORD not in existing.info.available_file_formats():
-                raise ValueError(f"{existing.data_path} holds a "
+                raise DataError(f"{existing.data_path} holds a "
                                  f"{_format_name(existing.info.file_format)} build "
                                  f"of {name}; rebuild it as array_record with overwrite=True "
                                  f"(--overwrite)")
@@ -283,16 +297,24 @@ def _split_sizes(builder: PoseBuilder) -> dict[str, int]:
 
 
 def load_builder(name: str, data_dir: str) -> PoseBuilder:
-    """The prepared builder of `name` in `data_dir`; FileNotFoundError saying how to build it."""
+    """The prepared builder of `name` in `data_dir`; DataError saying how to build it (or, for a
+    build of an older version, that it must be rebuilt)."""
     builder = builder_class(name)(data_dir=os.fspath(data_dir))
     if not builder.is_prepared():
-        raise FileNotFoundError(
+        older = _other_versions(os.path.join(os.fspath(data_dir), builder.name))
+        if older:
+            raise DataError(
+                f"{os.path.join(os.fspath(data_dir), builder.name, older[-1])} is a TFDS build of {name} "
+                f"of version {older[-1]}; this code reads version {builder.version} "
+                f"({RELEASE_NOTES[str(builder.version)]}). Rebuild it from the hand-downloaded files "
+                f"with `{build_command(name, data_dir=data_dir)}` (then delete the old folder)")
+        raise DataError(
             f"no TFDS build of {name} (version {builder.version}) in data_dir {data_dir}: "
             f"expected {builder.data_path}. Build it from the hand-downloaded files with "
             f"`{build_command(name, data_dir=data_dir)}` or "
             f"`tfds_builders.build({name!r}, manual_dir, {os.fspath(data_dir)!r})`")
     if _ARRAY_RECORD not in builder.info.available_file_formats():
-        raise ValueError(
+        raise DataError(
             f"the TFDS build of {name} in {builder.data_path} is in "
             f"{_format_name(builder.info.file_format)} format, which has no random access; "
             f"rebuild it as array_record with `{build_command(name, data_dir=data_dir)} --overwrite`")
@@ -306,7 +328,7 @@ def source(name: str, split: str, data_dir: str, skip_bad_examples: bool = False
     `sources.from_annotations` does for the raw files."""
     builder = load_builder(name, data_dir)
     if split not in builder.info.splits:
-        raise ValueError(f"{name} build in {builder.data_path}: no split {split!r}; built: "
+        raise DataError(f"{name} build in {builder.data_path}: no split {split!r}; built: "
                          f"{', '.join(builder.info.splits)}")
     data = builder.as_data_source(split, file_format=_ARRAY_RECORD)
     label = f"{name}/{split}"
@@ -329,7 +351,8 @@ def source(name: str, split: str, data_dir: str, skip_bad_examples: bool = False
                "center": np.asarray(ex["center"], np.float32),
                "scale": np.float32(ex["scale"]),
                "others_joints": np.asarray(ex["others_joints"], np.float32),
-               "others_visibility": np.asarray(ex["others_visibility"], np.int32)}
+               "others_visibility": np.asarray(ex["others_visibility"], np.int32),
+               "head_box": np.asarray(ex["head_box"], np.float32)}
         return bytes(ex["image"]), row
 
     def describe(index: int) -> str:
@@ -341,6 +364,17 @@ def source(name: str, split: str, data_dir: str, skip_bad_examples: bool = False
         return f"{label} example {index} ({path}; TFDS build {builder.data_path})"
 
     return sources.Source(label, len(data), fetch, describe, builder.NUM_PARTS, skip_bad_examples)
+
+
+def _other_versions(folder: str) -> list[str]:
+    """The version folders (x.y.z) under a builder's folder other than VERSION, oldest first."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    versions = [n for n in names if n != VERSION and len(n.split(".")) == 3
+                and all(p.isdigit() for p in n.split("."))]
+    return sorted(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
 def build_and_report(name: str, manual_dir: str, data_dir: str, overwrite: bool = False,

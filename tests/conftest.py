@@ -4,11 +4,35 @@ import pathlib
 
 import pytest
 
-import cpm_jax  # noqa: F401  (sets the XLA CPU flags before JAX is imported anywhere)
-from cpm_jax import configs
+from cpm_jax import configs, runtime
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+
+
+def pytest_configure(config):
+    """The entry points' set-up, once per test process (each xdist worker too), before any test
+    module runs JAX: the XLA CPU flag, TensorFlow off GPUs, Agg, pipelines closed at exit."""
+    runtime.setup()
+
+
+def running_in_ci() -> bool:
+    """CI sets CI (CI=true); an empty value or "0"/"false" counts as unset."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_shared(paths, what: str) -> None:
+    """Skips the calling test (with a visible reason) when any of `paths` (one path or several)
+    does not exist; under CI, where ../shared is always present, fails instead, so that a
+    missing or moved copy cannot silently turn tests into skips."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    missing = [str(p) for p in paths if not pathlib.Path(p).exists()]
+    if not missing:
+        return
+    reason = f"needs {what}; missing: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+    if running_in_ci():
+        pytest.fail(f"{reason} (CI is set: the shared data must be there)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_config(num_stages: int = 2, input_size: int = 32, dropout_rate: float = 0.0):

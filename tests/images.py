@@ -84,6 +84,28 @@ def write_layout(root, joints: np.ndarray, flags: np.ndarray, layout: str,
     return root
 
 
+LSP_PHOTO_SIZES = [(60, 90), (84, 70), (100, 120)]      # (width, height)
+
+
+def lsp_of_three_photos(root, seed: int = 0, linked=range(1000, 2000)):
+    """An LSP directory (joints.mat 3 x 14 x 2000, 1-based) whose images `linked` (0-based
+    samples) are links to three gradient JPEGs of (width, height) `LSP_PHOTO_SIZES`, sample i
+    to photo i % 3; every joint drawn uniformly inside its photo (5 px margin). Returns root."""
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for k, (w, h) in enumerate(LSP_PHOTO_SIZES):
+        write_jpeg(root / f"source{k}.jpg", gradient(h, w, seed=k))
+    rng = np.random.default_rng(seed)
+    joints = np.zeros((2000, 14, 2))
+    for i in range(2000):
+        w, h = LSP_PHOTO_SIZES[i % 3]
+        joints[i] = rng.uniform([5, 5], [w - 5, h - 5], (14, 2)) + 1.0         # 1-based
+    for i in linked:
+        os.symlink(root / f"source{i % 3}.jpg", root / image_name("lsp", i))
+    write_joints_mat(root / "joints.mat", joints, np.zeros((2000, 14)), "lsp")
+    return root
+
+
 def lspet_subset(root, count: int) -> pathlib.Path:
     """An LSPET directory of the real set's first `count` samples: their columns of joints.mat
     and symlinks to their images (nothing is copied)."""

@@ -19,6 +19,10 @@ MPII image (`write_mpii_release`):
   `is_visible` is written as given: an int, a string '0'/'1', or left out. Any other key is
   written as a field unchanged (e.g. "objpos": [] or a raw value for malformed-file tests).
 
+MATLAB v7.3 (`write_v73`): HDF5 after MATLAB's 512-byte header, as `save(..., '-v7.3')` writes
+it: arrays stored in reversed dimension order, char arrays as uint16 with MATLAB_class 'char',
+structs as HDF5 groups (written empty here: the readers do not read v7.3 structs).
+
 FLIC example (`write_flic_examples`):
     {"filepath": "a.jpg", "coords": {1: (x, y), 4: (x, y), ...} or a 2 x 29 array,
      "torsobox": (x1, y1, x2, y2), "istrain": 1, "istest": 0, "imgdims": (480, 720, 3)}
@@ -30,6 +34,8 @@ import numpy as np
 import scipy.io
 
 EMPTY = np.zeros((0, 0))          # MATLAB's []
+# The first 128 bytes of a MATLAB v7.3 file: text, subsystem offset, version 0x0200, 'IM'.
+V73_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116) + bytes(8) + b"\x00\x02IM"
 FLIC_ANNOTATED_COLUMNS = (1, 2, 3, 4, 5, 6, 7, 10, 13, 14, 17)   # 1-based
 
 
@@ -139,4 +145,21 @@ def flic_examples(examples: list[dict]) -> np.ndarray:
 def write_flic_examples(path, examples: list[dict]) -> str:
     """Writes an `examples.mat` with variable `examples` to `path`; returns str(path)."""
     scipy.io.savemat(str(path), {"examples": flic_examples(examples)})
+    return str(path)
+
+
+def write_v73(path, arrays: dict, chars: dict | None = None, structs: tuple = ()) -> str:
+    """A MATLAB v7.3 file of numeric `arrays` (name -> array in MATLAB's dimension order), char
+    variables `chars` (name -> str, MATLAB 1 x n) and empty structs `structs`; returns str(path)."""
+    import h5py
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in arrays.items():
+            f[name] = np.asarray(value).T                        # MATLAB's order, reversed
+        for name, text in (chars or {}).items():
+            f[name] = np.array([[ord(c)] for c in text], np.uint16)
+            f[name].attrs["MATLAB_class"] = np.bytes_("char")
+        for name in structs:
+            f.create_group(name)
+    with open(path, "r+b") as f:
+        f.write(V73_HEADER)
     return str(path)

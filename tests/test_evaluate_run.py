@@ -2,6 +2,7 @@
 figures, its multi-scale test over the synthetic held-out split and over an LSP test split written
 here in the official layout; the project prediction files it writes are read back by `evaluate
 score`, which must agree with the metric `run` printed."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, evaluate, prediction_files
-from data_pipelines import skeleton
+from cpm_jax import checkpointing, evaluate, evaluators, prediction_files
+from data_pipelines import registry, skeleton
 from tests import images
 from tests.conftest import ROOT, python_env, tiny_config, trained_tiny_workdir
 
@@ -36,20 +37,7 @@ def workdir(tmp_path_factory):
 def lsp_root(tmp_path_factory):
     """An LSP directory (joints.mat 3 x 14 x 2000, 1-based) whose test images 1001-2000 are three
     JPEGs of different sizes, linked in turn; joints drawn inside each image."""
-    root = tmp_path_factory.mktemp("lsp")
-    (root / "images").mkdir()
-    sizes = [(60, 90), (84, 70), (100, 120)]            # (width, height)
-    for k, (w, h) in enumerate(sizes):
-        images.write_jpeg(root / f"source{k}.jpg", images.gradient(h, w, seed=k))
-    rng = np.random.default_rng(0)
-    joints = np.zeros((2000, 14, 2))
-    for i in range(2000):
-        w, h = sizes[i % 3]
-        joints[i] = rng.uniform([5, 5], [w - 5, h - 5], (14, 2)) + 1.0         # 1-based
-        if i >= 1000:
-            os.symlink(root / f"source{i % 3}.jpg", root / images.image_name("lsp", i))
-    images.write_joints_mat(root / "joints.mat", joints, np.zeros((2000, 14)), "lsp")
-    return root, sizes
+    return images.lsp_of_three_photos(tmp_path_factory.mktemp("lsp")), images.LSP_PHOTO_SIZES
 
 
 def test_synthetic_run_prints_one_metric_per_stage_and_writes_one_file_per_stage(workdir):
@@ -119,28 +107,34 @@ def test_errors_name_the_workdir_or_the_problem(workdir, tmp_path):
     assert f"{empty}/config.json" in result.stderr and "--config" in result.stderr
     checkpointing.write_config(str(tmp_path / "untrained"), tiny_config())
     with pytest.raises(checkpointing.NoCheckpointError, match=str(tmp_path / "untrained")):
-        evaluate.run_split(tiny_config(), str(tmp_path / "untrained"), count=1)
+        evaluate.run_workdir(tiny_config(), str(tmp_path / "untrained"), count=1)
     assert not (tmp_path / "untrained" / "checkpoints").exists()      # nothing created
     with pytest.raises(ValueError, match="unknown split 'test'"):
-        evaluate.run_split(tiny_config(), str(workdir), split="test")
+        evaluate.run_workdir(tiny_config(), str(workdir), split="test")
     with pytest.raises(ValueError, match="stages 1..2"):
-        evaluate.run_split(tiny_config(), str(workdir), stages="3", count=1)
+        evaluate.run_workdir(tiny_config(), str(workdir), stages="3", count=1)
 
 
 def test_run_scores_datasets_without_a_benchmark_over_labelled_joints():
-    """lspet / synthetic: LSP-style PCK over labelled joints; MPII without head boxes says so."""
+    """lspet / synthetic: LSP-style PCK over labelled joints of examples whose torso is labelled;
+    mpii: PCKh with the head boxes the records carry."""
     gt = np.tile(np.arange(28, dtype=float).reshape(1, 14, 2) * 10, (2, 1, 1))
     pred = gt[:, None].repeat(2, 1).copy()
     pred[:, 1, 0] += 1000                                    # stage 2 misses joint 0 everywhere
     visibility = np.full((2, 14), 2)
     visibility[1, 5] = 0                                     # unlabelled: not counted
-    measured, results = evaluate.score_run("lspet", "train", tiny_config().data, pred, gt, visibility,
-                                           np.arange(2))
-    assert measured["benchmark"] is None and "labelled" in measured["note"]
+    boxes = np.full((2, 4), np.nan)
+    predictions = evaluators.StagePredictions((1, 2), pred, np.ones((2, 2, 14)), gt, visibility, boxes,
+                                              np.arange(2))
+    lspet = registry.get("lspet")
+    assert lspet.metric == "labelled"
+    results = evaluators.score_stages(lspet, predictions)
     assert results[0]["total"] == 1.0 and results[0]["counted"] == 27
     assert results[1]["total"] == pytest.approx(25 / 27)
-    data = tiny_config().data
-    data.dataset = "mpii"
-    measured, _ = evaluate.score_run("mpii", "valid", data, pred, gt, visibility, np.arange(2))
-    assert "NOT PCKh" in measured["note"]
+    # MPII: head boxes of 10 px diagonal x 0.6 = 6 px head size; the 1000 px miss fails, all else hits.
+    boxed = dataclasses.replace(predictions, head_box=np.tile([0.0, 0.0, 6.0, 8.0], (2, 1)))
+    mpii = evaluators.score_stages(registry.get("mpii"), boxed)
+    assert mpii[0]["total"] == 1.0 and mpii[1]["total"] == pytest.approx(25 / 27)
+    with pytest.raises(ValueError, match="normaliser"):               # no head box: an error, not a guess
+        evaluators.score_stages(registry.get("mpii"), predictions)
     assert skeleton.LSP.num_joints == 14

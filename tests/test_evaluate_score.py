@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cpm_jax import evaluate, prediction_files
+from cpm_jax import errors, prediction_files, scoring
 from data_pipelines import skeleton
 from tests import mat_files
 from tests.conftest import ROOT, python_env
@@ -102,7 +102,7 @@ def test_cli_errors_name_the_file(tmp_path):
             result.stderr
     result = cli("score", "--dataset", "lsp", "--annotations", tmp_path / "broken.mat", "--predictions",
                  short)
-    assert result.returncode != 0 and f"{tmp_path / 'broken.mat'}: cannot read" in result.stderr
+    assert result.returncode != 0 and f"{tmp_path / 'broken.mat'}: not a MATLAB .mat file" in result.stderr
     result = cli("score", "--dataset", "lsp", "--annotations", annotations)
     assert result.returncode != 0 and "predictions" in result.stderr      # required flag
     result = cli("nonsense")
@@ -113,14 +113,14 @@ def test_in_process_errors_name_the_file(tmp_path):
     annotations, predictions, _, _, _ = lsp_files(tmp_path)
     scipy.io.savemat(tmp_path / "wide.mat", {"prediction_all": np.ones((14, 3, 1000))})
     with pytest.raises(prediction_files.PredictionFileError, match="wide.mat.*14 x 3 x 1000"):
-        evaluate.score_files("lsp", str(annotations), str(tmp_path / "wide.mat"))
+        scoring.score_files("lsp", str(annotations), str(tmp_path / "wide.mat"))
     scipy.io.savemat(tmp_path / "lspet.mat", {"joints": np.ones((14, 3, 50))})
-    with pytest.raises(evaluate.EvaluationError, match="lspet.mat.*LSP Extended layout"):
-        evaluate.score_files("lsp", str(tmp_path / "lspet.mat"), str(predictions))
-    with pytest.raises(evaluate.EvaluationError, match="lsp: unknown split 'valid'"):
-        evaluate.score_files("lsp", str(annotations), str(predictions), split="valid")
+    with pytest.raises(errors.DataError, match="lspet.mat: 'joints' is 14 x 3 x 50, the LSP Extended layout"):
+        scoring.score_files("lsp", str(tmp_path / "lspet.mat"), str(predictions))
+    with pytest.raises(errors.AnnotationError, match="lsp: unknown split 'valid'"):
+        scoring.score_files("lsp", str(annotations), str(predictions), split="valid")
     with pytest.raises(prediction_files.PredictionFileError, match="pred.mat: is a release-lsp file"):
-        evaluate.score_files("flic", str(tmp_path / "examples.mat"), str(predictions))
+        scoring.score_files("flic", str(tmp_path / "examples.mat"), str(predictions))
 
 
 def test_lsp_train_split_and_project_file_subsets(tmp_path):
@@ -128,15 +128,15 @@ def test_lsp_train_split_and_project_file_subsets(tmp_path):
     labels = scipy.io.loadmat(annotations)["joints"]
     train_gt = labels[:2, :, :1000].transpose(2, 1, 0) - 1.0       # 0-based
     exact = prediction_files.write(str(tmp_path / "train.npz"), train_gt, "lsp", "train", 6)
-    report, _ = evaluate.score_files("lsp", str(annotations), exact, split="train")
+    report, _ = scoring.score_files("lsp", str(annotations), exact, split="train")
     assert report["total"] == 100.0 and report["stage"] == 6
-    with pytest.raises(evaluate.EvaluationError, match="train.npz: predictions of split 'train'"):
-        evaluate.score_files("lsp", str(annotations), exact)          # scored as test by default
+    with pytest.raises(errors.AnnotationError, match="train.npz: predictions of split 'train'"):
+        scoring.score_files("lsp", str(annotations), exact)          # scored as test by default
     subset = prediction_files.write(str(tmp_path / "some.npz"), train_gt[[5, 7]] + (0.0, 1e6), "lsp",
                                     "train", 6, index=[5, 7])
-    with pytest.raises(evaluate.EvaluationError, match="some.npz: predictions for 2 of the 1000"):
-        evaluate.score_files("lsp", str(annotations), subset, split="train")
-    report, _ = evaluate.score_files("lsp", str(annotations), subset, split="train", allow_subset=True)
+    with pytest.raises(errors.AnnotationError, match="some.npz: predictions for 2 of the 1000"):
+        scoring.score_files("lsp", str(annotations), subset, split="train")
+    report, _ = scoring.score_files("lsp", str(annotations), subset, split="train", allow_subset=True)
     assert report["num_examples"] == 2 and report["total"] == 0.0
 
 
@@ -170,7 +170,7 @@ def test_flic_examples_mat_with_release_predictions(tmp_path):
     counted["l_wrist"][[i for i, (_, missing) in enumerate(truth) if missing]] = False
     hits = {n: [math.hypot(*(pred[i, F[n]] - gt[i, F[n]])) <= 0.2 * torso[i] for i in range(8) if counted[n][i]]
             for n in counted}
-    report, _ = evaluate.score_files("flic", str(tmp_path / "examples.mat"), str(path))
+    report, _ = scoring.score_files("flic", str(tmp_path / "examples.mat"), str(path))
     assert report["format"] == "release-flic" and report["num_examples"] == 8
     assert set(report["parts"]) == {"elbow", "wrist"} and set(report["joints"]) == set(counted)
     assert report["num_joints"] == 31
@@ -179,8 +179,8 @@ def test_flic_examples_mat_with_release_predictions(tmp_path):
     assert report["parts"]["wrist"] == pytest.approx(50 * (np.mean(hits["l_wrist"]) + np.mean(hits["r_wrist"])))
     short = tmp_path / "short.mat"
     scipy.io.savemat(short, {"prediction_all": pred[:7].transpose(1, 2, 0)})
-    with pytest.raises(evaluate.EvaluationError, match=f"{short}: 7 predictions.*has 8 examples"):
-        evaluate.score_files("flic", str(tmp_path / "examples.mat"), str(short))
+    with pytest.raises(errors.AnnotationError, match=f"{short}: 7 predictions.*has 8 examples"):
+        scoring.score_files("flic", str(tmp_path / "examples.mat"), str(short))
 
 
 # ------------------------------------------------------------------------------------------ MPII
@@ -242,18 +242,18 @@ def test_mpii_release_validation_split_with_hdf5_predictions(tmp_path):
     assert report["total"] == pytest.approx(expected) and report["num_joints"] == counted
     assert set(report["parts"]) == GROUPS and len(report["joints"]) == 14
     at_01, _ = expected_pckh(people, preds, 0.1)
-    report01, _ = evaluate.score_files("mpii", str(tmp_path / "release.mat"), str(tmp_path / "preds.h5"),
+    report01, _ = scoring.score_files("mpii", str(tmp_path / "release.mat"), str(tmp_path / "preds.h5"),
                                        threshold=0.1, mpii_validation=str(tmp_path / "detections.mat"))
     assert report01["total"] == pytest.approx(at_01) and report01["split"] == "valid"
     # train: the other six people, in release order.
     train = [images[i]["people"][p] for i in range(5) for p in range(2) if (i + 1, p + 1) not in valid]
     train_preds = predictions_for(train, rng)
     np.save(tmp_path / "train.npy", train_preds)
-    report, _ = evaluate.score_files("mpii", str(tmp_path / "release.mat"), str(tmp_path / "train.npy"),
+    report, _ = scoring.score_files("mpii", str(tmp_path / "release.mat"), str(tmp_path / "train.npy"),
                                      split="train", mpii_validation=str(tmp_path / "detections.mat"))
     assert report["total"] == pytest.approx(expected_pckh(train, train_preds, 0.5)[0])
-    with pytest.raises(evaluate.EvaluationError, match="release.mat: the full MPII release"):
-        evaluate.score_files("mpii", str(tmp_path / "release.mat"), str(tmp_path / "train.npy"))
+    with pytest.raises(errors.AnnotationError, match="release.mat: the full MPII release"):
+        scoring.score_files("mpii", str(tmp_path / "release.mat"), str(tmp_path / "train.npy"))
 
 
 def test_mpii_one_person_per_entry_file(tmp_path):
@@ -266,7 +266,7 @@ def test_mpii_one_person_per_entry_file(tmp_path):
     preds[2, 0] = 1e6                                       # not annotated: ignored
     scipy.io.savemat(tmp_path / "preds.mat", {"preds": preds})
     expected, counted = expected_pckh(people, preds, 0.5)
-    report, curve = evaluate.score_files("mpii", str(tmp_path / "valid.mat"), str(tmp_path / "preds.mat"))
+    report, curve = scoring.score_files("mpii", str(tmp_path / "valid.mat"), str(tmp_path / "preds.mat"))
     assert report["format"] == "mpii-mat" and report["split"] is None and report["num_examples"] == 6
     assert report["total"] == pytest.approx(expected) and report["num_joints"] == counted == 6 * 14 - 2
     assert curve["thresholds"][-1] == 0.5
@@ -274,9 +274,9 @@ def test_mpii_one_person_per_entry_file(tmp_path):
         100 * np.mean([math.hypot(preds[k, 0, 0] - people[k]["points"][0]["x"],
                                   preds[k, 0, 1] - people[k]["points"][0]["y"]) <= 0.5 * 0.6 *
                        math.hypot(10 * (k + 1), 12 * (k + 1)) for k in range(6) if k != 2]))
-    with pytest.raises(evaluate.EvaluationError, match="valid.mat: a one-person-per-entry file"):
-        evaluate.score_files("mpii", str(tmp_path / "valid.mat"), str(tmp_path / "preds.mat"), split="valid")
+    with pytest.raises(errors.AnnotationError, match="valid.mat: a one-person-per-entry file"):
+        scoring.score_files("mpii", str(tmp_path / "valid.mat"), str(tmp_path / "preds.mat"), split="valid")
     two = mat_files.mpii_release([{"name": "a.jpg", "people": people[:2]}])["annolist"]
     scipy.io.savemat(tmp_path / "two.mat", {"annolist": two})
-    with pytest.raises(evaluate.EvaluationError, match=r"two.mat: annolist\(1\) has 2 annorect"):
-        evaluate.score_files("mpii", str(tmp_path / "two.mat"), str(tmp_path / "preds.mat"))
+    with pytest.raises(errors.DataError, match=r"two.mat: annolist\(1\) has 2 annorect"):
+        scoring.score_files("mpii", str(tmp_path / "two.mat"), str(tmp_path / "preds.mat"))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from cpm_jax.errors import BadExampleError, DataError
 from data_pipelines import flic, records
 from tests import mat_files
 
@@ -160,22 +161,34 @@ def test_others_share_the_filepath(root):
 
 
 def test_unknown_split(root):
-    with pytest.raises(ValueError, match=r"'valid'.*train, test"):
+    with pytest.raises(DataError, match=r"'valid'.*train, test"):
         flic.read(root, "valid")
 
 
+def test_no_head_boxes(root):
+    train = flic.read(root, "train")
+    assert train.head_boxes.shape == (3, 4) and np.isnan(train.head_boxes).all()
+    assert np.isnan(train.row(0)["head_box"]).all()
+
+
 def test_missing_or_unreadable_file(tmp_path):
-    with pytest.raises(records.BadExampleError, match="examples.mat") as error:
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'examples.mat'}: no such file$") as error:
         flic.read(str(tmp_path), "train")
-    assert str(tmp_path) in str(error.value)
+    assert not isinstance(error.value, BadExampleError)      # the whole split, not one example
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'absent'}: no such directory"):
+        flic.read(str(tmp_path / "absent"), "train")
     (tmp_path / "examples.mat").write_bytes(b"\0garbage" * 40)
-    with pytest.raises(records.BadExampleError, match="examples.mat.*cannot read"):
+    with pytest.raises(DataError, match=r"examples\.mat: not a MATLAB \.mat file \(it is binary data"):
+        flic.read(str(tmp_path), "train")
+    (tmp_path / "examples.mat").unlink()
+    (tmp_path / "examples.mat").mkdir()
+    with pytest.raises(DataError, match=r"examples\.mat: is a directory, not a MATLAB \.mat file"):
         flic.read(str(tmp_path), "train")
 
 
 def test_wrong_variable(tmp_path):
     scipy.io.savemat(tmp_path / "examples.mat", {"joints": np.zeros((3, 14, 2))})
-    with pytest.raises(records.BadExampleError, match=r"examples\.mat.*'examples'.*joints"):
+    with pytest.raises(DataError, match=r"examples\.mat.*'examples'.*joints"):
         flic.read(str(tmp_path), "test")
 
 
@@ -189,12 +202,12 @@ def test_wrong_variable(tmp_path):
 def test_malformed_example_names_file_and_index(tmp_path, change, message):
     examples = [dict(EXAMPLES[0]), {**EXAMPLES[1], **change}]
     mat_files.write_flic_examples(tmp_path / "examples.mat", examples)
-    with pytest.raises(records.BadExampleError, match=rf"examples\.mat: {message}"):
+    with pytest.raises(DataError, match=rf"examples\.mat: {message}"):
         flic.read(str(tmp_path), "train")
 
 
 def test_missing_field_names_file_and_index(tmp_path):
     mat_files.write_flic_examples(tmp_path / "examples.mat",
                                   [{**e, "omit": ("istrain",)} for e in EXAMPLES[:2]])
-    with pytest.raises(records.BadExampleError, match=r"examples\.mat: examples\(1\): no field 'istrain'"):
+    with pytest.raises(DataError, match=r"examples\.mat: examples\(1\): no field 'istrain'"):
         flic.read(str(tmp_path), "test")

@@ -1,13 +1,16 @@
 """LSP and LSP Extended readers (data_pipelines/lsp.py, reference section 7) and the release's
 `insertMPILikeScale` (genJSON.m), on the real LSPET copy and on small files written here."""
+import warnings
+
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
-from data_pipelines import lsp, records, registry, sources
-from tests import images
-from tests.conftest import tiny_config
+from cpm_jax.errors import BadExampleError, DataError
+from data_pipelines import lsp, registry, sources
+from tests import images, mat_files
+from tests.conftest import require_shared, tiny_config
 
 # Reference section 7: the project-wide LSP joint order.
 LSP_ORDER = ("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
@@ -88,9 +91,11 @@ def random_people(rng, n: int, spread: float = 60.0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lspet_real():
-    if not images.lspet_available():
-        pytest.skip(f"the LSP Extended copy is missing: no {images.LSPET_ROOT}/joints.mat and images/")
-    ann = lsp.read(str(images.LSPET_ROOT), "train")
+    require_shared([images.LSPET_ROOT / "joints.mat", images.LSPET_ROOT / "images" / "im00001.jpg"],
+                   "the LSP Extended copy (shared/datasets/lspet)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # nothing leaks to the user's terminal
+        ann = lsp.read(str(images.LSPET_ROOT), "lspet", "train")
     raw = scipy.io.loadmat(str(images.LSPET_ROOT / "joints.mat"))["joints"]     # 14 x 3 x N
     return ann, raw
 
@@ -176,7 +181,7 @@ def small_lsp(tmp_path_factory):
 @pytest.mark.parametrize("split, first", [("train", 0), ("test", 1000)])
 def test_lsp_split_rows(small_lsp, split, first):
     root, joints, flags, sizes = small_lsp
-    ann = lsp.read(str(root), split)
+    ann = lsp.read(str(root), "lsp", split)
     rows = np.arange(first, first + 1000)
     assert len(ann) == 1000
     assert list(ann.image_paths) == [str(root / f"images/im{i + 1:04d}.jpg") for i in rows]
@@ -186,11 +191,12 @@ def test_lsp_split_rows(small_lsp, split, first):
     # A split is scaled by itself (genJSON.m's visible = 1 - flag).
     np.testing.assert_allclose(ann.scale, 200 * genjson_scale(joints[rows] - 1, flags[rows] == 0), rtol=1e-5)
     assert ann.others_joints.shape == (1000, 0, 14, 2)
+    assert ann.head_boxes.shape == (1000, 4) and np.isnan(ann.head_boxes).all()
 
 
 def test_lsp_images_load_with_their_size(small_lsp):
     root, joints, flags, sizes = small_lsp
-    source = sources.from_annotations(lsp.read(str(root), "test"))
+    source = sources.from_annotations(lsp.read(str(root), "lsp", "test"))
     for i in (0, 537, 999):
         w, h = sizes[1000 + i]
         record = source.load(i)
@@ -198,78 +204,152 @@ def test_lsp_images_load_with_their_size(small_lsp):
         np.testing.assert_array_equal(record["center"], [(w - 1) / 2, (h - 1) / 2])
 
 
-@pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # samples with no visible joint
-def test_layout_is_told_by_shape_not_by_name(tmp_path, small_lsp):
+def test_layouts_are_told_by_shape_and_the_reader_checks_the_one_asked_for(tmp_path, small_lsp):
     _, joints, flags, _ = small_lsp
     # The LSPET layout under the same file name: read as LSPET (flag 1 = visible, 5-digit names).
+    flags = flags.copy()
+    flags[3] = 0                                  # sample 3: no visible joint (LSPET's flag 0)
     lspet_root = images.write_layout(tmp_path / "x", joints[:40], flags[:40], "lspet")
     layout, read = lsp.read_joints(str(lspet_root / "joints.mat"))
     assert layout == "lspet" and read.shape == (40, 14, 3)
     np.testing.assert_array_equal(read[..., :2], joints[:40])
-    ann = lsp.read(str(lspet_root), "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # no all-NaN or divide warnings for sample 3
+        ann = lsp.read(str(lspet_root), "lspet", "train")
     assert len(ann) == 40 and ann.image_paths[39] == str(lspet_root / "images/im00040.jpg")
     np.testing.assert_array_equal(ann.visibility, np.where(flags[:40] == 1, 2, 0))
     visible = flags[:40] == 1
-    for i in range(5):
+    for i in (0, 1, 2, 4):
         xy = joints[i, visible[i]] - 1
         np.testing.assert_allclose(ann.center[i], (xy.min(0) + xy.max(0)) / 2, atol=1e-4)
+    assert np.isnan(ann.center[3]).all() and np.isnan(ann.scale[3])
     # The LSP layout of 40 samples is recognised as LSP, and is too short for its splits.
     lsp_root = images.write_layout(tmp_path / "y", joints[:40], flags[:40], "lsp")
     assert lsp.read_joints(str(lsp_root / "joints.mat"))[0] == "lsp"
-    with pytest.raises(records.BadExampleError, match="40 samples"):
-        lsp.read(str(lsp_root), "train")
+    with pytest.raises(DataError, match="40 samples"):
+        lsp.read(str(lsp_root), "lsp", "train")
+
+
+def test_a_joints_file_of_the_other_layout_is_named_with_the_fix(tmp_path, small_lsp):
+    _, joints, flags, _ = small_lsp
+    lsp_root = images.write_layout(tmp_path / "lsp", joints, flags, "lsp")
+    lspet_root = images.write_layout(tmp_path / "lspet", joints[:30], flags[:30], "lspet")
+    # LSP's 3 x 14 x 2000 given as LSPET: not silently read as the other layout.
+    with pytest.raises(DataError) as error:
+        lsp.read(str(lsp_root), "lspet", "train")
+    assert str(error.value) == (
+        f"{lsp_root / 'joints.mat'}: 'joints' is 3 x 14 x 2000, the LSP layout (3 x 14 x N); "
+        "expected the LSP Extended layout (14 x 3 x N): set data.dataset=lsp, or point "
+        "data.paths.lspet at the LSP Extended folder (lspet_dataset, 14 x 3 x 10000)")
+    with pytest.raises(DataError, match=r"'joints' is 14 x 3 x 30, the LSP Extended layout .*"
+                                        r"expected the LSP layout .*data\.paths\.lsp at the LSP folder"):
+        lsp.read(str(lspet_root), "lsp", "test")
+    # lsp+lspet with the two folders swapped: the first part is named.
+    with pytest.raises(DataError, match=rf"^{lsp_root / 'joints.mat'}: .*expected the LSP Extended"):
+        lsp.read_many([(str(lsp_root), "lspet", "train"), (str(lspet_root), "lsp", "train")])
+    with pytest.raises(DataError, match="the LSP benchmark's annotations"):
+        lsp.read_joints(str(lspet_root / "joints.mat"), "lsp", fix="the LSP benchmark's annotations ...")
+    # Through the registry, as a config names them.
+    config = tiny_config()
+    config.data.dataset, config.data.paths.lspet = "lspet", str(lsp_root)
+    with pytest.raises(DataError, match="set data.dataset=lsp"):
+        registry.open_split(config.data, "train")
 
 
 @pytest.mark.parametrize("shape", [(2, 14, 5), (14, 2, 5), (3, 15, 5), (15, 3, 5), (3, 14), (14, 3, 5, 2)])
 def test_wrong_joints_shapes_are_named(tmp_path, shape):
     path = tmp_path / "joints.mat"
     scipy.io.savemat(str(path), {"joints": np.ones(shape)})
-    with pytest.raises(records.BadExampleError, match="joints.mat") as error:
+    with pytest.raises(DataError, match="joints.mat") as error:
         lsp.read_joints(str(path))
     assert str(path) in str(error.value) and "shape" in str(error.value)
-    with pytest.raises(records.BadExampleError, match=str(path)):
-        lsp.read(str(tmp_path), "train")
+    assert not isinstance(error.value, BadExampleError)      # the whole split, not one example
+    with pytest.raises(DataError, match=str(path)):
+        lsp.read(str(tmp_path), "lspet", "train")
 
 
 def test_no_joints_variable_is_named(tmp_path):
     scipy.io.savemat(str(tmp_path / "joints.mat"), {"points": np.ones((3, 14, 5))})
-    with pytest.raises(records.BadExampleError, match="no variable 'joints'") as error:
-        lsp.read(str(tmp_path), "train")
+    with pytest.raises(DataError, match="no variable 'joints'") as error:
+        lsp.read(str(tmp_path), "lsp", "train")
     assert str(tmp_path / "joints.mat") in str(error.value) and "points" in str(error.value)
 
 
-# A MATLAB v7.3 (HDF5) file's 128-byte header: scipy.io.loadmat cannot read those.
-V73_HEADER = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + bytes(8) + b"\x00\x02IM").ljust(512, b"\x00")
+# A MATLAB v7.3 (HDF5) file's header without the HDF5 after it.
+V73_HEADER = mat_files.V73_HEADER.ljust(512, b"\x00")
 
 
-@pytest.mark.parametrize("content", [
-    pytest.param(bytes(range(256)) * 8, id="garbage"),
-    pytest.param(b"joints = [1 2 3]\n" * 20, id="text"),
-    pytest.param(images.encode(images.gradient(8, 8)), id="jpeg"),
-    pytest.param(b"", id="empty"),
-    pytest.param(b"joints = [1 2 3]\n", id="short-text"),
-    pytest.param(V73_HEADER, id="matlab-v7.3"),
+@pytest.mark.parametrize("content, message", [
+    pytest.param(bytes(range(256)) * 8, r"not a MATLAB \.mat file \(it is binary data beginning b'\\x00\\x01", id="garbage"),
+    pytest.param(b"joints = [1 2 3]\n" * 20, r"not a MATLAB \.mat file \(it is text beginning 'joints = \[1 2 3\]", id="text"),
+    pytest.param(images.encode(images.gradient(8, 8)), r"not a MATLAB \.mat file \(it is a JPEG image\)", id="jpeg"),
+    pytest.param(b"", r"not a MATLAB \.mat file \(it is an empty file\)", id="empty"),
+    pytest.param(b"joints = [1 2 3]\n", r"not a MATLAB \.mat file \(it is text", id="short-text"),
+    pytest.param(V73_HEADER, r"a damaged MATLAB v7.3 \(HDF5\) file \(h5py: ", id="matlab-v7.3"),
+    pytest.param(b"MATLAB 5.0 MAT-file".ljust(116) + bytes(8) + b"\x00\x01IM" + b"\x0e\x00", r"a damaged MATLAB \.mat file",
+                 id="matlab-v5-truncated"),
 ])
-def test_a_file_that_is_not_a_readable_matlab_file_is_named(tmp_path, content):
+def test_a_file_that_is_not_a_readable_matlab_file_is_named(tmp_path, content, message):
     (tmp_path / "joints.mat").write_bytes(content)
-    with pytest.raises(records.BadExampleError, match="cannot read as a MATLAB file") as error:
-        lsp.read(str(tmp_path), "train")
-    assert str(tmp_path / "joints.mat") in str(error.value)
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'joints.mat'}: {message}"):
+        lsp.read(str(tmp_path), "lspet", "train")
 
 
-def test_a_missing_joints_file_is_named(tmp_path):
-    with pytest.raises(records.BadExampleError, match=str(tmp_path / "missing" / "joints.mat")):
-        lsp.read(str(tmp_path / "missing"), "train")
+def test_missing_files_and_directories_are_named(tmp_path):
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'missing'}: no such directory \(the LSP Extended folder"):
+        lsp.read(str(tmp_path / "missing"), "lspet", "train")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'joints.mat'}: no such file$") as error:
+        lsp.read(str(tmp_path), "lsp", "train")
+    assert not isinstance(error.value, BadExampleError)
+    (tmp_path / "joints.mat").mkdir()
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'joints.mat'}: is a directory, not a MATLAB \.mat file$"):
+        lsp.read(str(tmp_path), "lsp", "train")
+    with pytest.raises(DataError, match=r"no such file \(the directory .*nowhere does not exist\)"):
+        lsp.read_joints(str(tmp_path / "nowhere" / "joints.mat"))
+
+
+def test_a_joints_file_saved_as_matlab_v73_reads_as_the_v7_one(tmp_path, small_lsp):
+    pytest.importorskip("h5py")
+    _, joints, flags, _ = small_lsp
+    v7 = images.write_layout(tmp_path / "v7", joints[:12], flags[:12], "lspet")
+    v73 = tmp_path / "v73"
+    (v73 / "images").mkdir(parents=True)
+    mat_files.write_v73(v73 / "joints.mat", {"joints": images.lsp_matrix(joints[:12], flags[:12], "lspet")})
+    assert lsp.read_joints(str(v73 / "joints.mat"))[0] == "lspet"
+    a, b = lsp.read(str(v7), "lspet", "train"), lsp.read(str(v73), "lspet", "train")
+    np.testing.assert_array_equal(a.joints, b.joints)
+    np.testing.assert_array_equal(a.visibility, b.visibility)
+    np.testing.assert_array_equal(a.scale, b.scale)
 
 
 def test_unknown_splits_are_named(tmp_path, small_lsp):
     root, joints, flags, _ = small_lsp
     for split in ("val", "validation", "Train"):
-        with pytest.raises(ValueError, match=f"'{split}'"):
-            lsp.read(str(root), split)
+        with pytest.raises(DataError, match=f"'{split}'"):
+            lsp.read(str(root), "lsp", split)
     lspet_root = images.write_layout(tmp_path, joints[:10], flags[:10], "lspet")
-    with pytest.raises(ValueError, match="'test'"):
-        lsp.read(str(lspet_root), "test")
+    with pytest.raises(DataError, match="'test'"):
+        lsp.read(str(lspet_root), "lspet", "test")
+
+
+def test_an_unreadable_lsp_image_is_a_bad_example_not_a_failed_split(tmp_path, small_lsp):
+    # LSP's centre is the image centre: an image that cannot be read leaves it NaN, and loading
+    # the example names the file (or skips it); the other examples are read.
+    _, joints, flags, sizes = small_lsp
+    root = images.write_layout(tmp_path, joints, flags, "lsp", sizes)
+    (root / "images" / "im1003.jpg").unlink()
+    (root / "images" / "im1005.jpg").write_bytes(b"not an image")
+    ann = lsp.read(str(root), "lsp", "test")
+    assert np.isnan(ann.center[[2, 4]]).all() and np.isfinite(ann.center[[0, 1, 3]]).all()
+    source = sources.from_annotations(ann)
+    assert source.load(3) is not None
+    with pytest.raises(BadExampleError, match=r"example 2 .*im1003\.jpg.*No such file"):
+        source.load(2)
+    with pytest.raises(BadExampleError, match=r"example 4 .*im1005\.jpg.*not a JPEG or PNG image "
+                                              r"\(it is text beginning 'not an image'\)"):
+        source.load(4)
+    skipping = sources.from_annotations(ann, skip_bad_examples=True)
+    assert skipping.load(2) is None and skipping.load(4) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,8 +441,8 @@ def test_limbs_without_a_ratio_are_dropped_like_matlabs_quantile():
 # The registry's lsp+lspet: LSPET then LSP 1-1000 for training, LSP 1001-2000 for testing.
 
 def test_registry_lsp_plus_lspet(tmp_path, small_lsp):
-    if not images.lspet_available():
-        pytest.skip(f"the LSP Extended copy is missing: no {images.LSPET_ROOT}/joints.mat and images/")
+    require_shared([images.LSPET_ROOT / "joints.mat", images.LSPET_ROOT / "images" / "im00001.jpg"],
+                   "the LSP Extended copy (shared/datasets/lspet)")
     lsp_root, joints, flags, sizes = small_lsp
     lspet_root = images.lspet_subset(tmp_path / "lspet", 30)
     config = tiny_config()

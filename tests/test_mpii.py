@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import scipy.io
 
+from cpm_jax.errors import BadExampleError, DataError
 from data_pipelines import matfile, mpii, records, skeleton
-from tests import mat_files
+from tests import images, mat_files
 
 # MPII's ids by joint name (reference section 7), independent of the reader's table.
 MPII_ID = {"r_ankle": 0, "r_knee": 1, "r_hip": 2, "l_hip": 3, "l_knee": 4, "l_ankle": 5,
@@ -166,6 +167,62 @@ def test_others_are_the_annotated_people_of_the_same_image(root):
     np.testing.assert_array_equal(train.others_visibility[[0, 3]], 0)
 
 
+def test_head_boxes_travel_in_the_annotations(root, tmp_path):
+    train = mpii.read(root, "train")
+    assert train.head_boxes.shape == (4, 4) and train.head_boxes.dtype == np.float32
+    # annolist(1).annorect(1): head (90, 80, 130, 140); (2, 1): (1, 2, 3, 4); (2, 3): (9, 10, 11, 12),
+    # all less 1; (5, 1) has no head box: NaN.
+    np.testing.assert_array_equal(train.head_boxes[:3], [(89, 79, 129, 139), (0, 1, 2, 3), (8, 9, 10, 11)])
+    assert np.isnan(train.head_boxes[3]).all()
+    np.testing.assert_array_equal(train.row(2)["head_box"], (8, 9, 10, 11))
+    file = mat_files.write_tompson_validation(tmp_path / "detections.mat", [(2, 3), (1, 1)])
+    valid = mpii.read(root, "valid", validation_file=file)
+    np.testing.assert_array_equal(valid.head_boxes, [(8, 9, 10, 11), (89, 79, 129, 139)])
+
+
+ENTRIES = [
+    {"name": "a.jpg", "people": [{"objpos": (5.0, 6.0), "scale": 1.0, "head": (1, 1, 11, 21),
+                                  "points": [full_point(9), full_point(0, is_visible=0)]}]},
+    {"name": "b.jpg", "people": [{"objpos": (5.0, 6.0), "scale": 1.0, "head": (2, 2, 4, 4)}]},
+    {"name": "c.jpg", "train": 0, "people": [{"objpos": (7.0, 8.0), "scale": 2.0,
+                                              "points": [full_point(15)]}]},
+]
+
+
+def test_read_entries_gives_one_person_per_entry(tmp_path):
+    annolist = mat_files.mpii_release(ENTRIES)["annolist"]
+    scipy.io.savemat(tmp_path / "valid.mat", {"annolist": annolist})
+    people = mpii.read_entries(str(tmp_path / "valid.mat"))
+    assert len(people) == 3 and people[1] is None                 # no annopoints: None
+    first, third = people[0], people[2]
+    assert (first.image_index, first.person_index, first.image_name) == (0, 0, "a.jpg")
+    assert first.where == "annolist(1).annorect(1)" and third.where == "annolist(3).annorect(1)"
+    j = skeleton.JOINT_INDEX
+    np.testing.assert_array_equal(first.joints[j["head_top"]], (100 + 90 - 1, 300 + 27 - 1))
+    assert first.visibility[j["head_top"]] == 2 and first.visibility[j["r_ankle"]] == 1
+    assert (first.visibility > 0).sum() == 2
+    np.testing.assert_array_equal(first.head_box, (0, 0, 10, 20))
+    assert np.isnan(third.head_box).all()                          # no head box: NaN
+    # The release read entry by entry: every image, whatever img_train says.
+    mat_files.write_mpii_release(tmp_path / "release.mat", ENTRIES)
+    again = mpii.read_entries(str(tmp_path / "release.mat"))
+    assert [p is None for p in again] == [False, True, False]
+    np.testing.assert_array_equal(again[2].joints, third.joints)
+
+
+def test_read_entries_errors_name_the_file(tmp_path):
+    two = mat_files.mpii_release([{"name": "a.jpg", "people": ENTRIES[0]["people"] * 2}])["annolist"]
+    scipy.io.savemat(tmp_path / "two.mat", {"annolist": two})
+    with pytest.raises(DataError, match=r"two\.mat: annolist\(1\) has 2 annorect"):
+        mpii.read_entries(str(tmp_path / "two.mat"))
+    scipy.io.savemat(tmp_path / "other.mat", {"joints": np.ones(3)})
+    with pytest.raises(DataError, match=r"other\.mat: neither 'RELEASE' nor 'annolist' \(found: joints\)"):
+        mpii.read_entries(str(tmp_path / "other.mat"))
+    scipy.io.savemat(tmp_path / "empty.mat", {"annolist": mat_files.EMPTY})
+    with pytest.raises(DataError, match=r"empty\.mat: 'annolist' is empty"):
+        mpii.read_entries(str(tmp_path / "empty.mat"))
+
+
 def test_test_images_are_not_read(root):
     # image 3 is malformed (a point without x) but has img_train 0: genJSON.m never reads it
     _, people = mpii.load_people(os.path.join(root, mpii.RELEASE_FILE))
@@ -196,59 +253,73 @@ def test_tompson_validation_split(root, tmp_path):
     assert list(train.image_paths) == list(everyone.image_paths[[1, 3]])
 
 
-def test_relative_validation_file_is_found_under_root(root):
+def test_relative_validation_file_is_found_under_root(root, tmp_path, monkeypatch):
     mat_files.write_tompson_validation(os.path.join(root, "detections.mat"), [(5, 1)])
+    (tmp_path / "cwd" / "here").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")       # no detections.mat here: found under root
     valid = mpii.read(root, "valid", validation_file="detections.mat")
     assert list(valid.image_paths) == [os.path.join(root, "images", "005.jpg")]
+    assert mpii.validation_path(root, "detections.mat") == os.path.join(root, "detections.mat")
+    # A relative path that exists as given wins over the one under root.
+    mat_files.write_tompson_validation(tmp_path / "cwd" / "here" / "detections.mat", [(1, 1)])
+    assert mpii.validation_path(root, "here/detections.mat") == "here/detections.mat"
+    assert mpii.read(root, "valid", validation_file="here/detections.mat").image_paths[0].endswith("001.jpg")
+    with pytest.raises(DataError, match=rf"^elsewhere\.mat: no such file \(nor {root}/elsewhere\.mat\)"):
+        mpii.read(root, "valid", validation_file="elsewhere.mat")
 
 
 def test_validation_file_in_matlab_v73_format(root, tmp_path):
-    h5py = pytest.importorskip("h5py")
-    path = tmp_path / "detections_v73.mat"
-    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
-    with h5py.File(path, "w", userblock_size=512) as f:
-        f["RELEASE_img_index"] = np.array([[2.0], [5.0]])      # MATLAB 1 x 2, stored transposed
-        f["RELEASE_person_index"] = np.array([[1.0], [1.0]])
-    with open(path, "r+b") as f:
-        f.write(header.ljust(116) + b"\0" * 8 + b"\x00\x02" + b"IM")
-    valid = mpii.read(root, "valid", validation_file=str(path))
+    pytest.importorskip("h5py")
+    path = mat_files.write_v73(tmp_path / "detections_v73.mat", {        # MATLAB 1 x 2 each
+        "RELEASE_img_index": [[2.0, 5.0]], "RELEASE_person_index": [[1.0, 1.0]]})
+    valid = mpii.read(root, "valid", validation_file=path)
     assert [os.path.basename(p) for p in valid.image_paths] == ["002.jpg", "005.jpg"]
 
 
 def test_split_errors(root, tmp_path):
-    with pytest.raises(ValueError, match=r"'test'.*train, valid"):
+    with pytest.raises(DataError, match=r"'test'.*train, valid"):
         mpii.read(root, "test")
-    with pytest.raises(ValueError, match="validation file"):
+    with pytest.raises(DataError, match="validation file"):
         mpii.read(root, "valid")
     for pair in [(2, 2), (3, 1), (9, 1)]:     # no annopoints, a test image, beyond annolist
         file = mat_files.write_tompson_validation(tmp_path / "bad.mat", [(1, 1), pair])
-        with pytest.raises(records.BadExampleError, match=rf"bad\.mat.*entry 2.*annolist\({pair[0]}\)"
+        with pytest.raises(DataError, match=rf"bad\.mat.*entry 2.*annolist\({pair[0]}\)"
                                                           rf"\.annorect\({pair[1]}\)"):
             mpii.read(root, "valid", validation_file=file)
 
 
 def test_validation_file_errors(root, tmp_path):
     missing = str(tmp_path / "nowhere.mat")
-    with pytest.raises(records.BadExampleError, match="nowhere.mat"):
+    with pytest.raises(DataError, match="nowhere.mat"):
         mpii.read(root, "valid", validation_file=missing)
     wrong = tmp_path / "wrong.mat"
     scipy.io.savemat(wrong, {"RELEASE_img_index": np.array([[1.0]])})
-    with pytest.raises(records.BadExampleError, match="wrong.mat.*RELEASE_person_index"):
+    with pytest.raises(DataError, match="wrong.mat.*RELEASE_person_index"):
         mpii.read(root, "train", validation_file=str(wrong))
 
 
 def test_missing_or_unreadable_release(tmp_path):
-    with pytest.raises(records.BadExampleError, match=mpii.RELEASE_FILE) as error:
+    with pytest.raises(DataError, match=mpii.RELEASE_FILE) as error:
         mpii.read(str(tmp_path), "train")
     assert str(tmp_path) in str(error.value)
+    assert not isinstance(error.value, BadExampleError)      # the whole split, not one example
     (tmp_path / mpii.RELEASE_FILE).write_bytes(b"not a MATLAB file at all" * 10)
-    with pytest.raises(records.BadExampleError, match="cannot read"):
+    with pytest.raises(DataError, match=rf"{mpii.RELEASE_FILE}: not a MATLAB \.mat file \(it is text"):
+        mpii.read(str(tmp_path), "train")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'absent'}: no such directory"):
+        mpii.read(str(tmp_path / "absent"), "train")
+
+
+def test_a_release_saved_as_matlab_v73_asks_for_v7(tmp_path):
+    pytest.importorskip("h5py")
+    mat_files.write_v73(tmp_path / mpii.RELEASE_FILE, {}, structs=("RELEASE",))
+    with pytest.raises(DataError, match=rf"{mpii.RELEASE_FILE}: a MATLAB v7.3 .*'-v7'"):
         mpii.read(str(tmp_path), "train")
 
 
 def test_wrong_variable(tmp_path):
     scipy.io.savemat(tmp_path / mpii.RELEASE_FILE, {"joints": np.zeros((3, 14, 2))})
-    with pytest.raises(records.BadExampleError, match=rf"{mpii.RELEASE_FILE}.*'RELEASE'.*joints"):
+    with pytest.raises(DataError, match=rf"{mpii.RELEASE_FILE}.*'RELEASE'.*joints"):
         mpii.read(str(tmp_path), "train")
 
 
@@ -256,7 +327,7 @@ def test_missing_release_field(tmp_path):
     release = mat_files.mpii_release(IMAGES)
     del release["img_train"]
     scipy.io.savemat(tmp_path / mpii.RELEASE_FILE, {"RELEASE": release})
-    with pytest.raises(records.BadExampleError, match=rf"{mpii.RELEASE_FILE}.*img_train"):
+    with pytest.raises(DataError, match=rf"{mpii.RELEASE_FILE}.*img_train"):
         mpii.read(str(tmp_path), "train")
 
 
@@ -275,5 +346,55 @@ def test_missing_release_field(tmp_path):
 def test_malformed_person_names_file_image_and_person(tmp_path, person, message):
     images = [IMAGES[0], {"name": "x.jpg", "people": [{"objpos": (1, 1), "scale": 1.0}, person]}]
     write_root(tmp_path, images)
-    with pytest.raises(records.BadExampleError, match=rf"{mpii.RELEASE_FILE}: annolist\(2\)\.{message}"):
+    with pytest.raises(DataError, match=rf"{mpii.RELEASE_FILE}: annolist\(2\)\.{message}"):
         mpii.read(str(tmp_path), "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# matfile.load, the one MATLAB loader (the readers above and prediction files use it).
+
+def test_matfile_load_gives_matlabs_dimension_order_for_every_version(tmp_path):
+    cube = np.arange(24.0).reshape(2, 3, 4)                 # MATLAB 2 x 3 x 4
+    scipy.io.savemat(tmp_path / "v5.mat", {"cube": cube, "name": "abc"})
+    pytest.importorskip("h5py")
+    mat_files.write_v73(tmp_path / "v73.mat", {"cube": cube}, {"name": "abc"}, structs=("a_struct",))
+    for version in ("v5", "v73"):
+        loaded = matfile.load(str(tmp_path / f"{version}.mat"))
+        assert set(loaded) == {"cube", "name"}, version          # no __header__; structs left out
+        np.testing.assert_array_equal(loaded["cube"], cube, err_msg=version)
+        np.testing.assert_array_equal(loaded["name"], ["abc"], err_msg=version)       # loadmat's way
+        assert sorted(matfile.variables(str(tmp_path / f"{version}.mat"))) == \
+            (["cube", "name"] if version == "v5" else ["a_struct", "cube", "name"])
+    with pytest.raises(DataError, match=r"v73\.mat: a MATLAB v7\.3 \(HDF5\) file, whose structs are not read"):
+        matfile.load(str(tmp_path / "v73.mat"), structs=True)
+
+
+def test_matfile_messages_start_with_the_path(tmp_path):
+    cases = {"missing.mat": (None, "no such file"),
+             "dir.mat": ("dir", r"is a directory, not a MATLAB \.mat file"),
+             "png.mat": (images.encode(images.gradient(4, 4), "PNG"), r"not a MATLAB \.mat file \(it is a PNG image\)"),
+             "zip.mat": (b"PK\x03\x04" + bytes(200), r"not a MATLAB \.mat file \(it is a zip archive\)"),
+             "zeros.mat": (bytes(600), r"not a MATLAB \.mat file \(it is binary data beginning b'\\x00"),
+             "short.mat": (b"x = 1\n", r"not a MATLAB \.mat file \(it is text beginning 'x = 1\\n'\)")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content == "dir":
+            path.mkdir()
+        elif content is not None:
+            path.write_bytes(content)
+        for read in (matfile.load, matfile.variables):
+            with pytest.raises(DataError, match=rf"^{path}: {message}") as error:
+                read(str(path))
+            assert "index out of range" not in str(error.value)
+
+
+def test_head_boxes_survive_take_and_concatenate(root):
+    train = mpii.read(root, "train")                          # boxes, last one NaN
+    plain = records.make("plain", ["x.jpg"], np.zeros((1, 14, 2)), np.zeros((1, 14)), [(1, 1)], [10.0])
+    assert np.isnan(plain.head_boxes).all() and plain.head_boxes.shape == (1, 4)
+    both = records.concatenate("both", [train.take([2, 0]), plain])
+    np.testing.assert_array_equal(both.head_boxes[:2], [(8, 9, 10, 11), (89, 79, 129, 139)])
+    assert np.isnan(both.head_boxes[2]).all() and both.others_joints.shape == (3, 1, 14, 2)
+    with pytest.raises(ValueError, match=r"head_boxes \(2, 4\) must be \(1, 4\)"):
+        records.make("bad", ["x.jpg"], np.zeros((1, 14, 2)), np.zeros((1, 14)), [(1, 1)], [10.0],
+                     head_boxes=np.zeros((2, 4)))

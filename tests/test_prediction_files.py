@@ -177,7 +177,7 @@ def test_bad_files_are_errors_naming_them(tmp_path):
     scipy.io.savemat(tmp_path / "vars.mat", {"something": np.zeros(3)})
     fails(tmp_path / "vars.mat", "lsp", "unknown prediction format.*found: something")
     (tmp_path / "junk.mat").write_bytes(b"not a MATLAB file at all" * 10)
-    fails(tmp_path / "junk.mat", "lsp", "cannot read")
+    fails(tmp_path / "junk.mat", "lsp", "not a MATLAB .mat file")
     (tmp_path / "junk.h5").write_bytes(b"not HDF5")
     fails(tmp_path / "junk.h5", "mpii", "cannot read as an HDF5 file")
     with h5py.File(tmp_path / "noprd.h5", "w") as f:

@@ -262,7 +262,7 @@ def test_joints_outside_the_image_get_no_peak_and_joints_inside_do(tmp_path):
     root = images.write_layout(tmp_path / "lspet", np.stack([figure, figure + 2]), flags, "lspet",
                                np.array([[80, 100], [80, 100]]))
     config = lspet_config(root, input_size=SIZE, augment=False)
-    ann = lsp.read(str(root), "train")
+    ann = lsp.read(str(root), "lspet", "train")
     assert ann.visibility[0, 0] == 2 and ann.visibility[0, 11] == 2 and ann.joints[0, 0, 0] < -0.5
 
     example = find(pipeline.train_examples(config).take(2).as_numpy_iterator(), 0)
@@ -351,6 +351,18 @@ def test_the_other_person_is_seen_from_both_sides(tmp_path):
     np.testing.assert_array_equal(ann.others_joints[1, 0], ann.joints[0])
     record = sources.from_annotations(ann).load(1)
     assert record["image"].shape == (64, 90, 3)
+
+
+def test_head_boxes_reach_the_record_stream(tmp_path):
+    people = write_mpii(tmp_path / "mpii")
+    source = sources.from_annotations(mpii.read(str(tmp_path / "mpii"), "train"))
+    streamed = list(pipeline.numpy_iterator(pipeline.record_stream(source, tf.data.Dataset.range(2))))
+    for record, person in zip(streamed, people):
+        assert record["head_box"].dtype == np.float32
+        np.testing.assert_array_equal(record["head_box"], np.array(person["head"]) - 1)
+    synthetic = registry.open_split(tiny_config().data, "train")
+    first = next(pipeline.numpy_iterator(pipeline.record_stream(synthetic, tf.data.Dataset.range(1))))
+    assert first["head_box"].shape == (4,) and np.isnan(first["head_box"]).all()
 
 
 # ---------------------------------------------------------------------------------------------

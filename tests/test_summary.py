@@ -35,4 +35,5 @@ def test_bad_value_is_reported():
     result = subprocess.run([sys.executable, "-m", "cpm_jax.summary", "--config", "experiments/lsp_paper.py",
                              "--config.model.input_size=300"], capture_output=True, text=True,
                             env=python_env(), cwd=ROOT, timeout=300)
-    assert result.returncode != 0 and "config.model.input_size = 300" in result.stderr
+    assert result.returncode == 1 and "config.model.input_size = 300" in result.stderr
+    assert "Traceback" not in result.stderr  # a user error: one line (tests/test_cli_errors.py)

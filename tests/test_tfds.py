@@ -11,13 +11,14 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from cpm_jax.errors import BadExampleError, DataError
 from data_pipelines import lsp, sources, tfds_builders
-from data_pipelines.records import BadExampleError
+from tests.conftest import require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 LSPET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lspet"
 SUBSET = 24
-FIELDS = ("joints", "visibility", "center", "scale", "others_joints", "others_visibility")
+FIELDS = ("joints", "visibility", "center", "scale", "others_joints", "others_visibility", "head_box")
 
 
 def assert_same_records(built: sources.Source, raw: sources.Source) -> None:
@@ -47,8 +48,7 @@ def image_name(i: int) -> str:
 @pytest.fixture(scope="module")
 def lspet_subset(tmp_path_factory):
     """The first SUBSET samples of the real LSPET (images symlinked), built in 3 shards."""
-    if not (LSPET / "joints.mat").exists():
-        pytest.skip(f"the real LSPET is not at {LSPET} (shared/ missing): nothing to subset")
+    require_shared(LSPET / "joints.mat", "the real LSPET (shared/datasets/lspet), to subset")
     tmp = tmp_path_factory.mktemp("lspet")
     joints = scipy.io.loadmat(LSPET / "joints.mat")["joints"]
     assert joints.shape[:2] == (14, 3)
@@ -69,7 +69,7 @@ def test_lspet_subset_reads_back_equal_to_raw_files(lspet_subset):
     assert [s.name[-14:] for s in shards] == [f"{k:05d}-of-00003" for k in range(3)]
 
     built = tfds_builders.source("lspet", "train", str(data_dir))
-    raw = sources.from_annotations(lsp.read(str(manual), "train"))
+    raw = sources.from_annotations(lsp.read(str(manual), "lspet", "train"))
     assert built.name == "lspet/train"
     assert_same_records(built, raw)
     for i in (0, 9, SUBSET - 1):  # the stored bytes are the file's bytes, in the reader's order
@@ -134,11 +134,11 @@ def test_odd_encodings_decode_identically(tmp_path):
     manual = synthetic_lspet(tmp_path / "manual")
     assert tfds_builders.build("lspet", str(manual), str(tmp_path / "tfds")) == {"train": 4}
     built = tfds_builders.source("lspet", "train", str(tmp_path / "tfds"))
-    assert_same_records(built, sources.from_annotations(lsp.read(str(manual), "train")))
+    assert_same_records(built, sources.from_annotations(lsp.read(str(manual), "lspet", "train")))
 
 
 def test_missing_build_names_data_dir_and_how_to_build(tmp_path):
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(DataError) as error:
         tfds_builders.source("lspet", "train", str(tmp_path / "nothing"))
     message = str(error.value)
     assert str(tmp_path / "nothing") in message
@@ -181,8 +181,33 @@ def test_missing_image_fails_the_build_naming_file_and_index(tmp_path):
         tfds_builders.build("lspet", str(manual), str(tmp_path / "tfds"))
     message = str(error.value)
     assert image_name(2) in message and "example 2" in message
-    with pytest.raises(FileNotFoundError):  # nothing half-built is taken for a build
+    with pytest.raises(DataError, match="no TFDS build"):  # nothing half-built is taken for a build
         tfds_builders.source("lspet", "train", str(tmp_path / "tfds"))
+
+
+def test_a_build_of_an_older_version_must_be_rebuilt(tmp_path):
+    manual = synthetic_lspet(tmp_path / "manual", n=2)
+    tfds_builders.build("lspet", str(manual), str(tmp_path / "tfds"))
+    folder = tmp_path / "tfds" / "cpm_lspet"
+    (folder / tfds_builders.VERSION).rename(folder / "1.0.0")        # as the previous code built it
+    with pytest.raises(DataError) as error:
+        tfds_builders.source("lspet", "train", str(tmp_path / "tfds"))
+    message = str(error.value)
+    assert message.startswith(f"{folder / '1.0.0'} is a TFDS build of lspet of version 1.0.0; "
+                              f"this code reads version {tfds_builders.VERSION} (")
+    assert "head_box" in message
+    assert f"python -m data_pipelines.build_tfds --dataset lspet --manual_dir MANUAL_DIR " \
+           f"--data_dir {tmp_path / 'tfds'}" in message
+    # Rebuilding (no --overwrite needed) makes the current version next to the old one.
+    assert tfds_builders.build("lspet", str(manual), str(tmp_path / "tfds")) == {"train": 2}
+    assert tfds_builders.source("lspet", "train", str(tmp_path / "tfds")).size == 2
+
+
+def test_a_manual_dir_of_the_other_lsp_layout_is_named(tmp_path):
+    manual = synthetic_lspet(tmp_path / "manual", n=2)               # LSPET's 14 x 3 x N
+    with pytest.raises(DataError, match=r"joints\.mat: 'joints' is 14 x 3 x 2, the LSP Extended layout "
+                                        r".*the lsp build's manual_dir must be the LSP folder"):
+        tfds_builders.build("lsp", str(manual), str(tmp_path / "tfds"))
 
 
 def test_missing_manual_dir_gives_the_instructions(tmp_path):
@@ -230,6 +255,7 @@ def test_mpii_builds_valid_split_only_with_detections_mat(tmp_path):
         built = tfds_builders.source("mpii", split, str(tmp_path / "tfds"))
         raw = mpii.read(str(manual), split, validation_file=validation)
         assert_same_records(built, sources.from_annotations(raw))
+        assert np.isfinite(built.load(0)["head_box"]).all()             # MPII's head boxes are stored
         assert built.load(0)["others_joints"].shape[0] == raw.others_joints.shape[1]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cpm_jax import checkpointing, configs, train
+from cpm_jax import state as train_states
 from data_pipelines import pipeline, registry
 from tests.conftest import ROOT, python_env, tiny_config
 
@@ -21,7 +22,7 @@ def _pmapped_step(config):
 def test_loss_falls_on_a_short_run():
     config = tiny_config()
     config.training.global_batch_size = 8
-    state = train.create_train_state(config, jax.random.key(0))
+    state = train_states.create(config, jax.random.key(0))
     step = _pmapped_step(config)
     p_state, rng = flax.jax_utils.replicate(state), flax.jax_utils.replicate(jax.random.key(1))
     batches = pipeline.train_batches(config, 1)
@@ -35,10 +36,11 @@ def test_loss_falls_on_a_short_run():
 
 PMAP_SCRIPT = r"""
 import functools, json, sys
-import cpm_jax
 import flax, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from cpm_jax import train
+from cpm_jax import runtime, train
+from cpm_jax import state as train_states
+runtime.setup()
 from data_pipelines import pipeline
 from tests.conftest import tiny_config
 assert jax.local_device_count() == 2, jax.devices()
@@ -47,7 +49,7 @@ config = tiny_config(num_stages=2)
 config.training.global_batch_size = 4
 config.optimizer = configs.paper_optimizer()  # the release's SGD, with a visible learning rate
 config.optimizer.learning_rate = 1e-2
-state = train.create_train_state(config, jax.random.key(0))
+state = train_states.create(config, jax.random.key(0))
 batch = next(pipeline.train_batches(config, 1))           # (1, 4, ...)
 step = functools.partial(train.train_step, intermediate_supervision=True)
 out = {}
@@ -78,7 +80,7 @@ def test_two_device_pmap_step_equals_one_device_step():
 
 def _final_params(workdir):
     config = checkpointing.read_config(workdir)
-    state = train.create_train_state(config, jax.random.key(0))
+    state = train_states.create(config, jax.random.key(0))
     restored, step = checkpointing.restore_latest(checkpointing.manager(workdir, 2), state)
     return restored, step
 
@@ -101,6 +103,49 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     assert resumed["pck@0.2_per_stage"] == pytest.approx(straight["pck@0.2_per_stage"])
     kept = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
     assert kept == ["2", "4"]
+
+
+def _sgd_dropout_config():
+    """The tiny model with dropout on and the release's solver (momentum, weight decay,
+    multipliers, a step decay that falls after the resume point)."""
+    config = tiny_config(dropout_rate=0.5)
+    config.optimizer = configs.paper_optimizer()
+    config.optimizer.learning_rate = 1e-2     # visible updates
+    config.optimizer.decay_every = 3
+    config.training.num_steps = 5
+    config.training.checkpoint_every = 2      # checkpoints 2, 4, 5
+    config.training.keep_checkpoints = 3
+    config.data.num_heldout = 2
+    config.training.num_visualized = 1
+    return config
+
+
+def _restore(workdir):
+    """(state, step) of the newest checkpoint, restored into `state.abstract` (nothing compiled)."""
+    config = checkpointing.read_config(str(workdir))
+    return checkpointing.restore_latest(checkpointing.manager(str(workdir), 3), train_states.abstract(config))
+
+
+def test_resume_with_dropout_and_caffe_sgd_is_bit_identical(tmp_path):
+    """5 steps straight vs the same run stopped after its step-2 checkpoint (later checkpoints
+    removed, as if it had been killed) and resumed to 5 in the same workdir."""
+    import shutil
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train.train_and_evaluate(_sgd_dropout_config(), str(straight))
+    shutil.copytree(straight, resumed)
+    for step in ("4", "5"):
+        shutil.rmtree(resumed / "checkpoints" / step)
+    at_2, step = _restore(resumed)
+    assert step == 2
+    train.train_and_evaluate(_sgd_dropout_config(), str(resumed))
+    a, step_a = _restore(straight)
+    b, step_b = _restore(resumed)
+    assert step_a == step_b == 5
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)   # momentum, schedule count
+    moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(at_2.params)))
+    assert moved > 1e-4, "steps 3-5 must have changed the parameters"
 
 
 def test_unreadable_checkpoint_names_its_directory(tmp_path):

@@ -1,7 +1,7 @@
 """From belief maps to joint positions (reference section 5).
 
 Single scale, crop frame (training's held-out evaluation, evaluation.py): `upsample` (x8 bicubic),
-`argmax_joints`, `stage_joints`, `crop_to_image`. Multi-scale, original-image frame (test_time.py):
+`argmax_joints`, `stage_joints`, `crop_to_image`. Multi-scale, original-image frame (multiscale.py):
 `resampling_matrix` / `resample_sum` (cells straight to original pixels, summed over scales),
 `masked_argmax` (a padded canvas), `refine_quadratic` (optional sub-pixel arg-max)."""
 import jax

@@ -62,16 +62,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cpm_jax import architecture, inference
-from data_pipelines import pipeline  # noqa: F401  (hides the GPU from TensorFlow before augment runs)
+from cpm_jax import architecture, decoding, errors
 from data_pipelines import augment, registry, targets
 
 PAPER_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 LSP_HEIGHT_FRACTION = 0.8          # the release's LSP rule: person = 0.8 x input size / image height
-PERSON_RULES = ("image", "annotated")
-# Datasets whose benchmark uses the image rule (LSP's images are tight crops around one person);
-# every other dataset uses its annotated centre and scale.
-IMAGE_RULE_DATASETS = ("lsp", "lsp+lspet")
+MIN_IMAGE_SIDE = 16                # px: a smaller image cannot hold a person the network can see
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +114,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(s) for s in str(text).split(",") if s.strip())
     except ValueError as error:
-        raise ValueError(f"scales {text!r}: expected comma-separated numbers such as 0.7,1,1.3") from error
+        raise errors.InputError(f"scales {text!r}: expected comma-separated numbers such as 0.7,1,1.3") from error
     if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
-        raise ValueError(f"scales {text!r}: expected one or more multipliers > 0")
+        raise errors.InputError(f"scales {text!r}: expected one or more multipliers > 0")
     return scales
 
 
@@ -134,10 +130,10 @@ def parse_stages(text: str, num_stages: int) -> tuple[int, ...]:
     try:
         stages = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError as error:
-        raise ValueError(f"stages {text!r}: expected all, last or stage numbers such as 1,3") from error
+        raise errors.InputError(f"stages {text!r}: expected all, last or stage numbers such as 1,3") from error
     bad = [s for s in stages if not 1 <= s <= num_stages]
     if not stages or bad:
-        raise ValueError(f"stages {text!r}: the model has stages 1..{num_stages}")
+        raise errors.InputError(f"stages {text!r}: the model has stages 1..{num_stages}")
     return stages
 
 
@@ -152,23 +148,46 @@ def person_from_scale(center, scale_px: float, data: ml_collections.ConfigDict, 
     """A known centre and person scale in px (records' `scale`: 200 x MPII's scale, about the
     person's height): f0 = data.person_height x S / scale, training's canonical zoom."""
     if not np.isfinite(scale_px) or scale_px <= 0:
-        raise ValueError(f"person scale {scale_px}: must be a positive number of pixels")
+        raise errors.InputError(f"person scale {scale_px}: must be a positive number of pixels")
     return Person((float(center[0]), float(center[1])), float(augment.canonical_factor(
         {"scale": float(scale_px)}, data, input_size)))
+
+
+def place_person(image_shape, data: ml_collections.ConfigDict, input_size: int, center=None,
+                 scale_px: float | None = None) -> tuple[Person, str]:
+    """Where to look in an image of `image_shape` (H, W, ...), and how that was chosen in words.
+
+    With `scale_px` (the person's size, as records' `scale`): that size, centred on `center` or
+    the image centre. Without: the LSP rule's size (0.8 x input / image height), centred on
+    `center` or the image centre. A centre outside the image, or an image under MIN_IMAGE_SIDE
+    px, is an InputError: its prediction could not be right."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise errors.InputError(f"a {width}x{height} image is too small: at least "
+                                f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} px are needed to find a person")
+    if center is not None:
+        cx, cy = float(center[0]), float(center[1])
+        if not (np.isfinite([cx, cy]).all() and -0.5 <= cx <= width - 0.5 and -0.5 <= cy <= height - 0.5):
+            raise errors.InputError(f"centre ({cx:g}, {cy:g}) lies outside the {width}x{height} image "
+                                    f"(x in 0..{width - 1}, y in 0..{height - 1}, 0-based pixels)")
+    image_rule = person_from_image(height, width, input_size)
+    if scale_px is not None:
+        how = f"{'the given centre' if center is not None else 'image centre'} and scale {scale_px:g} px"
+        return person_from_scale(image_rule.center if center is None else center, scale_px, data,
+                                 input_size), how
+    if center is None:
+        return image_rule, "image centre and height (the LSP rule)"
+    return Person((float(center[0]), float(center[1])), image_rule.base_factor), \
+        "the given centre and the image height (the LSP rule's size)"
 
 
 def person_for_record(record: dict, data: ml_collections.ConfigDict, input_size: int, rule: str) -> Person:
     """`rule` "image" (the LSP rule) or "annotated" (the record's centre and scale)."""
     if rule == "image":
-        height, width = record["image"].shape[:2]
-        return person_from_image(height, width, input_size)
+        return place_person(record["image"].shape, data, input_size)[0]
     if rule == "annotated":
-        return person_from_scale(record["center"], float(record["scale"]), data, input_size)
-    raise ValueError(f"person rule {rule!r}; known: {', '.join(PERSON_RULES)}")
-
-
-def default_person_rule(dataset: str) -> str:
-    return "image" if dataset in IMAGE_RULE_DATASETS else "annotated"
+        return place_person(record["image"].shape, data, input_size, record["center"], float(record["scale"]))[0]
+    raise errors.InputError(f"person rule {rule!r}; known: {', '.join(registry.PERSON_RULES)}")
 
 
 def crop_affine(center, factor: float, input_size: int) -> np.ndarray:
@@ -254,7 +273,7 @@ class MultiScalePredictor:
 
     def _network_fn(self, variables, crops):
         """crops (N, S, S, 3) uint8 -> chosen stages' part maps (N, T', h, w, P), flip-averaged."""
-        x = crops.astype(jnp.float32) / 256.0 - 0.5
+        x = architecture.normalise_image(crops.astype(jnp.float32))
         n = x.shape[0]
         if self.options.flip:
             x = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
@@ -275,10 +294,10 @@ class MultiScalePredictor:
 
         def one(args):
             maps, geo, size = args
-            mean = inference.resample_sum(maps, geo[:, 0], geo[:, 1], canvas) / k   # (T', Hc, Wc, P)
-            joints, peak = inference.masked_argmax(mean, size[0], size[1])
+            mean = decoding.resample_sum(maps, geo[:, 0], geo[:, 1], canvas) / k   # (T', Hc, Wc, P)
+            joints, peak = decoding.masked_argmax(mean, size[0], size[1])
             if self.options.subpixel:
-                joints = jax.vmap(inference.refine_quadratic, in_axes=(0, 0, None, None))(
+                joints = jax.vmap(decoding.refine_quadratic, in_axes=(0, 0, None, None))(
                     mean, joints, size[0], size[1])
             return joints, peak
 
@@ -287,7 +306,7 @@ class MultiScalePredictor:
     def _maps_fn(self, parts, geometry, canvas):
         """The scale-averaged maps themselves, (B, T', Hc, Wc, P), for pictures."""
         k = parts.shape[1]
-        return jax.lax.map(lambda a: inference.resample_sum(a[0], a[1][:, 0], a[1][:, 1], canvas) / k,
+        return jax.lax.map(lambda a: decoding.resample_sum(a[0], a[1][:, 0], a[1][:, 1], canvas) / k,
                            (parts, geometry))
 
     # -- host side --------------------------------------------------------------------------
@@ -400,17 +419,3 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-
-def restore_variables(workdir: str, config: ml_collections.ConfigDict) -> tuple[dict, int]:
-    """({"params": ...} of the newest checkpoint in `workdir`, its step). The state's structure
-    comes from `jax.eval_shape` (no initialisation is computed). Raises
-    checkpointing.NoCheckpointError naming the directory when there is none, RuntimeError when it
-    does not match config.model."""
-    from cpm_jax import checkpointing, train
-    mngr, step = checkpointing.open_latest(workdir)
-    abstract = jax.eval_shape(functools.partial(train.create_train_state, config), jax.random.key(config.seed))
-    state, step = checkpointing.restore_latest(mngr, abstract)
-    return {"params": state.params}, step

@@ -1,4 +1,4 @@
-"""The multi-scale test-time procedure (cpm_jax/test_time.py, reference section 5) on a fake network
+"""The multi-scale test-time procedure (cpm_jax/multiscale.py, reference section 5) on a fake network
 whose belief maps are built from markers painted into the image, so the right answer is known:
 every part's arg-max must land on its marker's original pixel, at every scale alone and summed,
 with padding (a person at the border), on non-square images, with flip testing and in batches."""
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cpm_jax import inference, test_time
+from cpm_jax import decoding, errors, multiscale
+from data_pipelines import registry
 from data_pipelines import augment, skeleton
 
 S = 96                  # input size: 12 x 12 cells
@@ -54,9 +55,9 @@ def painted(height: int, width: int, red, blue, sigma: float = 2.5) -> np.ndarra
     return np.round(image).astype(np.uint8)
 
 
-def predictor(red_parts=LEGS, **options) -> test_time.MultiScalePredictor:
-    return test_time.MultiScalePredictor(marker_apply(red_parts), {}, S, T, P,
-                                         test_time.Options(**options), PERM)
+def predictor(red_parts=LEGS, **options) -> multiscale.MultiScalePredictor:
+    return multiscale.MultiScalePredictor(marker_apply(red_parts), {}, S, T, P,
+                                         multiscale.Options(**options), PERM)
 
 
 def expected(red, blue) -> np.ndarray:
@@ -76,12 +77,12 @@ def test_every_scale_alone_and_the_sum_find_the_markers(case):
     c = CASES[case]
     height, width = c["size"]
     image = painted(height, width, c["red"], c["blue"])
-    person = test_time.Person(*c["person"])
+    person = multiscale.Person(*c["person"])
     want = expected(c["red"], c["blue"])
     # The crops really are padded at the smallest zoom (grey fill beyond the image).
-    crop = test_time.prepare(image, test_time.Person(person.center, person.base_factor * 0.7), (1.0,), S).crops[0]
+    crop = multiscale.prepare(image, multiscale.Person(person.center, person.base_factor * 0.7), (1.0,), S).crops[0]
     assert (crop == 128).all(-1).any(), "the case should pad"
-    for scales in [(m,) for m in test_time.PAPER_SCALES] + [test_time.PAPER_SCALES]:
+    for scales in [(m,) for m in multiscale.PAPER_SCALES] + [multiscale.PAPER_SCALES]:
         joints, peak = predictor(scales=scales).predict(image, person)
         assert joints.shape == (1, P, 2) and peak.shape == (1, P)
         error = np.abs(joints[0] - want).max()
@@ -92,28 +93,28 @@ def test_every_scale_alone_and_the_sum_find_the_markers(case):
 def test_stages_are_selectable_and_in_order():
     c = CASES["left_border_landscape"]
     image = painted(*c["size"], c["red"], c["blue"])
-    joints, peak = predictor(stages=(2, 1)).predict(image, test_time.Person(*c["person"]))
+    joints, peak = predictor(stages=(2, 1)).predict(image, multiscale.Person(*c["person"]))
     assert joints.shape == (2, P, 2)
     np.testing.assert_allclose(peak[0], 1.0, atol=0.05)
     np.testing.assert_allclose(peak[1], 0.5, atol=0.03)
     np.testing.assert_array_equal(joints[0], joints[1])
-    assert test_time.parse_stages("all", 3) == (1, 2, 3)
-    assert test_time.parse_stages("last", 3) == (3,)
-    assert test_time.parse_stages("1,3", 3) == (1, 3)
+    assert multiscale.parse_stages("all", 3) == (1, 2, 3)
+    assert multiscale.parse_stages("last", 3) == (3,)
+    assert multiscale.parse_stages("1,3", 3) == (1, 3)
     for bad in ("0", "4", "x", ""):
         with pytest.raises(ValueError, match="stages"):
-            test_time.parse_stages(bad, 3)
+            multiscale.parse_stages(bad, 3)
     with pytest.raises(ValueError, match="stages 1..2"):
         predictor(stages=(3,))
-    assert test_time.parse_scales("0.7, 1,1.3") == (0.7, 1.0, 1.3)
+    assert multiscale.parse_scales("0.7, 1,1.3") == (0.7, 1.0, 1.3)
     with pytest.raises(ValueError, match="scales"):
-        test_time.parse_scales("0.7,-1")
+        multiscale.parse_scales("0.7,-1")
 
 
 def test_flip_testing_mirrors_back_and_swaps_left_and_right():
     c = CASES["centre_small_zoom"]           # markers far apart: their peaks do not overlap
     image = painted(*c["size"], c["red"], c["blue"])
-    person = test_time.Person(*c["person"])
+    person = multiscale.Person(*c["person"])
     # A left/right-symmetric fake (legs red, the rest blue): flipping changes nothing.
     plain, plain_peak = predictor().predict(image, person)
     flipped, flipped_peak = predictor(flip=True).predict(image, person)
@@ -127,13 +128,13 @@ def test_flip_testing_mirrors_back_and_swaps_left_and_right():
     assert np.all(sided_peak[0, sided] < 0.6) and np.all(sided_peak[0, sided] > 0.45)
     assert np.all(sided_peak[0, ~sided] > 0.9)              # neck, head top: blue in both
     with pytest.raises(ValueError, match="flip permutation"):
-        test_time.MultiScalePredictor(marker_apply(LEGS), {}, S, T, P, test_time.Options(flip=True))
+        multiscale.MultiScalePredictor(marker_apply(LEGS), {}, S, T, P, multiscale.Options(flip=True))
 
 
 def test_subpixel_refinement_moves_towards_a_fractional_marker():
     red, blue = (40.3, 52.6), (61.7, 45.2)
     image = painted(100, 110, red, blue, sigma=3.0)
-    person = test_time.Person((50.0, 50.0), 1.4)
+    person = multiscale.Person((50.0, 50.0), 1.4)
     want = expected(red, blue)
     coarse, _ = predictor().predict(image, person)
     fine, _ = predictor(subpixel=True).predict(image, person)
@@ -146,7 +147,7 @@ def test_batches_with_padding_and_mixed_sizes_match_one_at_a_time():
     items = []
     for name in sorted(CASES):
         c = CASES[name]
-        items.append((painted(*c["size"], c["red"], c["blue"]), test_time.Person(*c["person"]),
+        items.append((painted(*c["size"], c["red"], c["blue"]), multiscale.Person(*c["person"]),
                       expected(c["red"], c["blue"])))
     single = predictor(scales=(0.8, 1.2))
     batched = predictor(scales=(0.8, 1.2), batch_size=2, canvas_multiple=32)
@@ -173,16 +174,16 @@ def test_crops_and_geometry_are_training_s():
                "joints": tf.zeros((P, 2)), "visibility": tf.zeros((P,), tf.int32),
                "others_joints": tf.zeros((0, P, 2)), "others_visibility": tf.zeros((0, P), tf.int32)}
     crop = augment.crop_example(example, S, factor, 0.0, None, None)
-    np.testing.assert_allclose(test_time.crop_affine(center, factor, S), crop["crop_to_image"].numpy(), atol=1e-5)
-    prepared = test_time.prepare(image, test_time.Person(tuple(center), factor), (1.0,), S)
+    np.testing.assert_allclose(multiscale.crop_affine(center, factor, S), crop["crop_to_image"].numpy(), atol=1e-5)
+    prepared = multiscale.prepare(image, multiscale.Person(tuple(center), factor), (1.0,), S)
     # The same warp; only float32 (training's TF affine) vs float64 rounding: at most 1 level.
     difference = np.abs(prepared.crops[0].astype(int) - crop["image"].numpy().astype(int))
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
-    geometry = test_time.cell_geometry(center, factor, S)
+    geometry = multiscale.cell_geometry(center, factor, S)
     g = np.arange(S // 8, dtype=np.float64)
     via_cells = geometry[0][:, None] * (g + 0.5) + geometry[1][:, None] - 0.5      # (2, h): x, y
     q = np.stack([8 * g + 3.5, 8 * g + 3.5], -1)
-    via_crop = inference.crop_to_image(q[None], test_time.crop_affine(center, factor, S)[None])[0].T
+    via_crop = decoding.crop_to_image(q[None], multiscale.crop_affine(center, factor, S)[None])[0].T
     np.testing.assert_allclose(via_cells, via_crop, atol=1e-4)
 
 
@@ -192,7 +193,7 @@ def test_resampling_is_edge_replicated_bicubic_inside_the_input_and_zero_outside
     maps = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
     scale = jnp.array([[3.3, 3.3], [5.0, 5.0]])
     translation = jnp.array([[-5.23, 7.17], [10.01, -3.03]])  # no pixel centre on an edge
-    summed = np.asarray(inference.resample_sum(maps, scale, translation, (40, 50)))
+    summed = np.asarray(decoding.resample_sum(maps, scale, translation, (40, 50)))
     reference, covered = 0, np.zeros((40, 50), bool)
     for k in range(2):
         padded = jnp.pad(maps[k], ((2, 2), (2, 2), (0, 0)), mode="edge")
@@ -212,13 +213,32 @@ def test_resampling_is_edge_replicated_bicubic_inside_the_input_and_zero_outside
 
 def test_person_rules():
     data = ml_collections.ConfigDict({"person_height": 41 / 35 * 200 / 368})
-    lsp = test_time.person_from_image(200, 120, 368)
+    lsp = multiscale.person_from_image(200, 120, 368)
     assert lsp.center == (59.5, 99.5) and lsp.base_factor == pytest.approx(0.8 * 368 / 200)
     # MPII: 1.171 / annotated scale, records' scale being 200 x MPII's.
-    mpii = test_time.person_for_record({"center": np.array([10.0, 20.0]), "scale": np.float32(200 * 2.5)},
-                                       data, 368, "annotated")
+    record = {"image": np.zeros((50, 40, 3), np.uint8), "center": np.array([10.0, 20.0]),
+              "scale": np.float32(200 * 2.5)}
+    mpii = multiscale.person_for_record(record, data, 368, "annotated")
     assert mpii.center == (10.0, 20.0) and mpii.base_factor == pytest.approx(41 / 35 / 2.5)
-    assert test_time.default_person_rule("lsp") == "image"
-    assert test_time.default_person_rule("mpii") == "annotated"
+    image_rule = multiscale.person_for_record(record, data, 368, "image")
+    assert image_rule.center == (19.5, 24.5) and image_rule.base_factor == pytest.approx(0.8 * 368 / 50)
+    assert registry.get("lsp").person_rule == "image" and registry.get("lsp+lspet").person_rule == "image"
+    assert registry.get("mpii").person_rule == "annotated" and registry.get("flic").person_rule == "annotated"
+
+
+def test_place_person_refuses_what_cannot_be_right():
+    """A centre outside the image, or an image too small to hold a person, is an error, never a
+    silent prediction of every joint at (0, 0)."""
+    data = ml_collections.ConfigDict({"person_height": 41 / 35 * 200 / 368})
+    person, how = multiscale.place_person((100, 60, 3), data, 368, center=(59.5, 0))   # on the edge: fine
+    assert person.center == (59.5, 0.0) and person.base_factor == pytest.approx(0.8 * 368 / 100)
+    assert "given centre" in how
+    person, _ = multiscale.place_person((100, 60, 3), data, 368, scale_px=200.0)
+    assert person.center == (29.5, 49.5) and person.base_factor == pytest.approx(41 / 35 * 200 / 368 * 368 / 200)
+    for center in ((60.5, 10), (-1, 10), (10, 100)):
+        with pytest.raises(errors.InputError, match="outside the 60x100 image"):
+            multiscale.place_person((100, 60, 3), data, 368, center=center)
+    with pytest.raises(errors.InputError, match="1x1 image is too small"):
+        multiscale.place_person((1, 1, 3), data, 368)
     with pytest.raises(ValueError, match="positive"):
-        test_time.person_from_scale((0, 0), 0.0, data, 368)
+        multiscale.person_from_scale((0, 0), 0.0, data, 368)

@@ -1,0 +1,75 @@
+"""What a user sees after a mistake on the command line (cli.run): exit status 1 within seconds,
+at most 3 lines on stderr naming the key or file; a traceback only with `-v 1`.
+
+Run as a user runs the tools, in subprocesses; nothing is trained (show_data and summary fail
+before reading data or building a model)."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, python_env
+
+TINY = str(ROOT / "tests" / "tiny_experiment.py")
+
+
+def run(module: str, *args: str, cwd=ROOT) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                            env=python_env(), cwd=cwd, timeout=120)
+    return result, time.monotonic() - start
+
+
+def check_short_error(result: subprocess.CompletedProcess, seconds: float, program: str, *names: str) -> str:
+    """The error line (the last line of stderr), after checking the exit, the time and the length."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert seconds < 30, seconds
+    assert 1 <= len(lines) <= 3, result.stderr
+    assert "Traceback" not in result.stderr
+    error = next(line for line in lines if line.startswith(f"{program}: error: "))
+    for name in names:
+        assert name in error, (name, result.stderr)
+    return error
+
+
+def test_unknown_config_key_names_it_and_the_closest_key(tmp_path):
+    result, seconds = run("cpm_jax.show_data", "--config", TINY, "--out", str(tmp_path / "out"),
+                          "--config.model.num_stagez=3")
+    error = check_short_error(result, seconds, "cpm_jax.show_data", "config.model", "'num_stagez'")
+    assert "did you mean 'num_stages'?" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_rejected_value_names_key_value_and_rule(tmp_path):
+    result, seconds = run("cpm_jax.show_data", "--config", TINY, "--out", str(tmp_path / "out"),
+                          "--config.model.input_size=30")
+    check_short_error(result, seconds, "cpm_jax.show_data", "config.model.input_size = 30",
+                      "multiple of 8")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, text, names", [
+    ("missing.py", None, ["missing.py", "no such file"]),
+    ("broken.py", "def get_config(:\n    pass\n", ["broken.py:1", "syntax error"]),
+    ("empty.py", "X = 1\n", ["empty.py", "get_config()"]),
+])
+def test_bad_config_file_names_the_file(tmp_path, name, text, names):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    result, seconds = run("cpm_jax.summary", "--config", str(path))
+    check_short_error(result, seconds, "cpm_jax.summary", *names)
+
+
+@pytest.mark.parametrize("args", [
+    ["-v", "1", "--config", "{tmp}/broken.py"],                      # fails while flags parse
+    ["--config", TINY, "--config.model.input_size=30", "--verbosity=1"],  # fails in main
+])
+def test_verbosity_1_shows_the_traceback(tmp_path, args):
+    (tmp_path / "broken.py").write_text("def get_config(:\n    pass\n")
+    result, _ = run("cpm_jax.summary", *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cpm_jax.summary: error: ")
