@@ -1,5 +1,5 @@
 # Two entry points: `make demo` trains the demo model; `make test` runs the suite.
-# Both build .venv from this project's own files on first use.
+# Both build .venv from this project's own files on first use (the CPU install: `.[cpu,test]`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ WORKDIR ?= runs/demo
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[cpu,test]'   # CPU JAX + tensorflow-cpu; see README for GPU/TPU
 	touch $@
 
 demo: $(BIN)/.installed

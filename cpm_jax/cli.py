@@ -21,9 +21,15 @@ key, and the fix where known) and exits 1. The full traceback comes first only w
   * `errors.UserError` raised by `main` (e.g. `configs.validate`'s `ConfigError`), and absl's
     `app.UsageError`.
 Any other exception escaping `main` is a bug and keeps its traceback.
+
+A failed run ends: whatever the failure (a user error, a bug, Ctrl-C), if the process still runs
+EXIT_GRACE_S seconds after `main` gave up (threads left running, atexit hooks, tf.data iterators
+torn down while Python finalises), it ends there with status 1 (`_end_within`).
 """
 import difflib
+import faulthandler
 import os
+import signal
 import re
 import sys
 import traceback
@@ -37,6 +43,10 @@ from ml_collections.config_flags import config_flags as config_flags_impl  # is_
 from cpm_jax import errors
 
 FLAGS = flags.FLAGS
+
+# Seconds a failed run may take to exit once `main` has given up (see the module docstring):
+# enough to finish a checkpoint write in flight and flush the logs.
+EXIT_GRACE_S = 10.0
 
 
 def run(main: Callable[[list[str]], None], *, argv: list[str] | None = None,
@@ -61,8 +71,32 @@ def run(main: Callable[[list[str]], None], *, argv: list[str] | None = None,
                 message += "\n(--helpshort lists the flags)"
             _fail(program, message, error, _verbosity_after_parsing() >= 1)
 
-    app.run(guarded_main, argv=argv, flags_parser=parse_flags)
+    try:
+        app.run(guarded_main, argv=argv, flags_parser=parse_flags)
+    except BaseException as end:  # app.run always ends in SystemExit, or lets a bug's exception go up
+        if not (isinstance(end, SystemExit) and end.code in (0, None)):
+            _end_within(EXIT_GRACE_S, verbose=_verbosity_after_parsing() >= 1)
+        raise
     raise AssertionError("app.run returned")  # it always exits
+
+
+_watchdog_output = None
+
+
+def _end_within(seconds: float, verbose: bool = False) -> None:
+    """Bounds the exit of a failed run: after `seconds` the process ends with status 1 wherever
+    it is (faulthandler's watchdog: a C thread that needs no GIL and lasts until modules are
+    cleared at the end of finalisation, where a tf.data iterator still alive would hang), and 10 s
+    later SIGALRM's default action ends it in any case (C++ static destructors after Python).
+    Its thread dump goes to /dev/null, so that the error stays stderr's last line (to stderr with
+    `-v 1`)."""
+    global _watchdog_output
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _watchdog_output = sys.stderr if verbose else open(os.devnull, "w")  # noqa: SIM115 (kept open)
+    faulthandler.dump_traceback_later(seconds, exit=True, file=_watchdog_output)
+    if hasattr(signal, "alarm") and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None):
+        signal.alarm(int(seconds) + 10)
 
 
 def _program_name() -> str:

@@ -7,6 +7,8 @@ import ml_collections
 from cpm_jax import errors
 
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: the compute dtype
+AUTO_DTYPE = "auto"                           # model.dtype resolved by the backend (resolve_dtype)
+NONFINITE = ("stop", "skip")                  # training.nonfinite: what a non-finite step does
 
 
 def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368) -> ml_collections.ConfigDict:
@@ -25,7 +27,11 @@ def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368)
         dropout_rate=0.5,            # stage 1 only, training only
         kernel_init="paper_normal",  # convolutions followed by ReLU; one of model.KERNEL_INITS
         output_init="paper_normal",  # each stage's last (belief-map) convolution
-        dtype="float32",             # compute dtype; "bfloat16" on accelerators
+        # Compute dtype of convolutions and activations (parameters, optimiser state and loss stay
+        # float32): "float32", "bfloat16", "float16", or "auto": bfloat16 on a GPU or TPU, float32
+        # on a CPU (where bfloat16 convolutions are slow), fixed when the run starts by
+        # `resolve_dtype(config, jax.default_backend())`.
+        dtype=AUTO_DTYPE,
     ))
 
 
@@ -38,6 +44,9 @@ def paper_data(dataset: str) -> ml_collections.ConfigDict:
         tfds_data_dir="",            # where `python -m data_pipelines.build_tfds` wrote the builds
         mpii_validation_file="",     # Tompson et al.'s detections.mat: the 2,958-person `valid` split
         skip_bad_examples=False,     # True: skip and count unusable examples instead of stopping
+        # With skip_bad_examples: stop (naming the data and the first bad files) once more than
+        # this fraction of an epoch's examples are bad, and always when an epoch has none usable.
+        max_skipped_fraction=0.1,
         eval_split="",               # scored after training; "" = the dataset's (test, valid, ...)
         # Canonical person size / input size: the release's target_dist 41/35 at 200 px per MPII
         # scale unit, 368 px input (records' `scale` is 200 x that unit).
@@ -86,16 +95,42 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
             eval_every=0,            # steps between held-out evaluations; 0: only at the end
             eval_batch_size=16,
             num_visualized=6,
+            # A step whose loss or gradient is not finite (inf/NaN) is never applied. "stop": end
+            # the run naming the step and stage(s) (the newest checkpoint holds no bad state);
+            # "skip": go on without that update, counting and logging the skipped steps.
+            nonfinite="stop",
         ),
     ))
 
 
-def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
+ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")  # jax.default_backend() names where "auto" is bfloat16
+
+
+def auto_dtype(backend: str) -> str:
+    """What `model.dtype = "auto"` means on `backend` (`jax.default_backend()`): "bfloat16" on a
+    GPU or TPU, "float32" elsewhere (a CPU: bfloat16 convolutions are slow there)."""
+    return "bfloat16" if str(backend).lower() in ACCELERATORS else "float32"
+
+
+def resolve_dtype(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
+    """`config` with `model.dtype = "auto"` replaced by `auto_dtype(backend)`; any other value is
+    kept. Mutates and returns `config`. The training loop calls it before writing config.json, so
+    that the run records the dtype it computed in (model.CPM resolves "auto" the same way when
+    given an unresolved config)."""
+    if config.model.get("dtype", "float32") == AUTO_DTYPE:
+        config.model.dtype = auto_dtype(backend)
+    return config
+
+
+def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None) -> None:
     """Raises `errors.ConfigError` naming the key, the value and what is allowed, for any value
     the code cannot honour: `config.model.input_size = 30: must be a positive multiple of 8 ...`.
 
     `known_datasets`: name -> object with `num_parts` (data_pipelines.registry.DATASETS); None
-    skips the data checks (model-only tools such as `summary`)."""
+    skips the data checks (model-only tools such as `summary`). With the registry, the files
+    the `splits` read (default: every split of the dataset; training reads "train" and scores
+    the evaluation split) must be set and exist (`registry.check_files`): a missing path fails
+    at once, before any JAX or TensorFlow work."""
     from cpm_jax.model import KERNEL_INITS  # here: loading a config file should not import Flax
 
     if not isinstance(config, ml_collections.ConfigDict):
@@ -129,7 +164,8 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
     check(lambda: 0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", m.get("dropout_rate"), "must be in [0, 1)")
     for key in ("kernel_init", "output_init"):
         check(m.get(key) in KERNEL_INITS, f"model.{key}", m.get(key), f"unknown; known: {', '.join(KERNEL_INITS)}")
-    check(m.get("dtype", "float32") in DTYPES, "model.dtype", m.get("dtype"), f"must be one of {', '.join(DTYPES)}")
+    check(m.get("dtype", "float32") in DTYPES + (AUTO_DTYPE,), "model.dtype", m.get("dtype"),
+          f"must be one of {', '.join(DTYPES + (AUTO_DTYPE,))}")
     if known_datasets is not None:
         from data_pipelines import registry  # no TensorFlow; here so that configs imports only ml_collections
         d = config.data
@@ -144,10 +180,18 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None) -> None:
               f"dataset {d.dataset!r} has splits {', '.join(dataset.splits)}")
         check(lambda: dataset.read is not None or d.num_heldout >= 1, "data.num_heldout", d.get("num_heldout"),
               "must be >= 1 for an endless (synthetic) dataset")
+        check(lambda: 0.0 <= float(d.get("max_skipped_fraction", 0.1)) <= 1.0
+              and not isinstance(d.get("max_skipped_fraction", 0.1), bool),
+              "data.max_skipped_fraction", d.get("max_skipped_fraction"),
+              "must be a fraction in [0, 1] (of an epoch's examples)")
+        if getattr(dataset, "files", None):
+            registry.check_files(d, splits, dataset)
     if "training" in config:
         t = config.training
         for key in ("global_batch_size", "num_steps", "checkpoint_every"):
             check(integer(t.get(key)), f"training.{key}", t.get(key), "must be an integer >= 1")
+        check(t.get("nonfinite", "stop") in NONFINITE, "training.nonfinite", t.get("nonfinite"),
+              f"must be one of {', '.join(map(repr, NONFINITE))}")
         d = config.data
         check(lambda: len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range",
               tuple(d.get("scale_range") or ()), "must be (low, high) with 0 < low <= high")

@@ -47,3 +47,8 @@ class NoCheckpointError(CheckpointError, FileNotFoundError):
 
 class InputError(UserError, ValueError):
     """A command-line value or a user's own image that cannot be used; the message names it."""
+
+
+class DivergenceError(UserError, ArithmeticError):
+    """Training produced a non-finite loss or gradient (`training.nonfinite = "stop"`); the
+    message names the step and the stage(s), and the newest checkpoint, which holds no bad state."""

@@ -153,7 +153,7 @@ def run_workdir(config, workdir: str, split: str | None = None, stages: str = "a
     from cpm_jax import checkpointing, configs, evaluators, multiscale, prediction_files, progress
     from data_pipelines import registry
 
-    configs.validate(config, registry.DATASETS)
+    configs.validate(config, registry.DATASETS, splits=(split or registry.eval_split(config.data),))
     chosen = multiscale.parse_stages(stages, config.model.num_stages)
     options = dataclasses.replace(options or multiscale.Options(), stages=chosen)
     meter = {}

@@ -22,8 +22,10 @@ def cpm_loss(beliefs: jax.Array, targets: jax.Array,
     Returns:
       (total, per_stage): f_t = sum over maps and cells of (b_t - b*_t)^2 / (2 B), as the release's
       Euclidean layer; total = sum of the supervised f_t. per_stage is (T,) and always holds every
-      stage's f_t, supervised or not.
+      stage's f_t, supervised or not. Computed and summed in float32 whatever the beliefs' dtype
+      (a bfloat16 sum over ~10^5 cells would lose the small late-training differences).
     """
+    beliefs, targets = beliefs.astype(jnp.float32), targets.astype(jnp.float32)
     if targets.ndim == beliefs.ndim - 1:
         targets = targets[:, None]
     batch, num_stages = beliefs.shape[:2]

@@ -4,6 +4,12 @@ Stage 1 sees the image only; a separate image trunk is computed once and shared 
 stage; stage t >= 2 reads [its own 5x5 features, stage t-1's beliefs, the pooled center map].
 Stages are composed by an unrolled Python loop, so each has its own parameters ("stage1",
 "trunk", "stage2", ...).
+
+Mixed precision (`model.dtype`, see `compute_dtype`): convolutions, pooling, dropout and the
+activations between them run in the compute dtype; parameters are created and kept float32
+(`param_dtype`; each convolution casts its kernel for the product), so gradients, optimiser state
+and updates are float32; the beliefs leave the model as float32 and the loss is computed in
+float32 (losses.py).
 """
 import functools
 from typing import Callable, Sequence
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cpm_jax import architecture as arch
+from cpm_jax import configs
 from cpm_jax.pooling import caffe_max_pool
 
 KERNEL_INITS = {
@@ -21,6 +28,14 @@ KERNEL_INITS = {
     "paper_normal": nn.initializers.normal(stddev=0.01),
     "he_normal": nn.initializers.he_normal(),
 }
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The compute dtype of `model.dtype`: "float32", "bfloat16", "float16", or "auto" (bfloat16 on
+    a GPU or TPU, float32 on a CPU: `configs.auto_dtype(jax.default_backend())`)."""
+    if name == configs.AUTO_DTYPE:
+        name = configs.auto_dtype(jax.default_backend())
+    return jnp.dtype(name)
 
 
 class LayerStack(nn.Module):
@@ -41,7 +56,7 @@ class LayerStack(nn.Module):
                 convs += 1
                 x = nn.Conv(layer.features, (layer.kernel, layer.kernel), padding="SAME",
                             kernel_init=self.kernel_init if layer.relu else self.output_init,
-                            dtype=self.dtype, name=f"conv{convs}")(x)
+                            dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{convs}")(x)
                 if layer.relu:
                     x = nn.relu(x)
             elif isinstance(layer, arch.MaxPool):
@@ -99,7 +114,8 @@ class CPM(nn.Module):
     """The whole machine.
 
     Inputs: image (B, H, W, 3) normalised as x/256 - 0.5; center map (B, H/8, W/8, 1).
-    Output: every stage's belief maps, (B, T, H/8, W/8, P+1) float32; the last channel is background.
+    Output: every stage's belief maps, (B, T, H/8, W/8, P+1) float32 whatever the compute dtype
+    (`model.dtype`); the last channel is background. Parameters are float32.
     """
     config: ml_collections.ConfigDict  # the `model` block of an experiment config
 
@@ -107,7 +123,7 @@ class CPM(nn.Module):
     def __call__(self, image: jax.Array, center_map: jax.Array, train: bool = False) -> jax.Array:
         m = self.config
         kwargs = dict(config=m, kernel_init=KERNEL_INITS[m.kernel_init],
-                      output_init=KERNEL_INITS[m.output_init], dtype=jnp.dtype(m.dtype))
+                      output_init=KERNEL_INITS[m.output_init], dtype=compute_dtype(m.get("dtype", "float32")))
         image = image.astype(kwargs["dtype"])
         beliefs = [InitialStage(name="stage1", **kwargs)(image, train)]
         if m.num_stages > 1:

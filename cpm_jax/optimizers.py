@@ -1,4 +1,5 @@
-"""Optimisers by name: `config.optimizer.name` picks one from OPTIMIZERS."""
+"""Optimisers by name: `config.optimizer.name` picks one from OPTIMIZERS; `schedule` gives the
+base learning rate of its update k (training logs it to TensorBoard)."""
 from typing import Callable
 
 import jax
@@ -19,27 +20,39 @@ def caffe_sgd(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransform
 
     multipliers = jax.tree_util.tree_map_with_path(multiplier, params)
     kernel_mask = jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
-    schedule = optax.exponential_decay(cfg.learning_rate, transition_steps=cfg.decay_every,
-                                       decay_rate=cfg.decay_factor, staircase=True)
     return optax.chain(
         optax.add_decayed_weights(cfg.weight_decay, mask=kernel_mask),
         optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, multipliers)),
-        optax.sgd(schedule, momentum=cfg.momentum),
+        optax.sgd(step_decay(cfg), momentum=cfg.momentum),
     )
+
+
+def step_decay(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """caffe_sgd's base rate: x decay_factor every decay_every updates (staircase)."""
+    return optax.exponential_decay(cfg.learning_rate, transition_steps=cfg.decay_every,
+                                   decay_rate=cfg.decay_factor, staircase=True)
 
 
 def adam(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
     """Adam with a linear warm-up and cosine decay over `decay_steps` (for short demo runs)."""
     del params
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.adam(warmup_cosine(cfg))
+
+
+def warmup_cosine(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """adam's rate: linear from 0 over warmup_steps, cosine down to 1% at decay_steps."""
+    return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup_steps=cfg.warmup_steps, decay_steps=cfg.decay_steps,
         end_value=cfg.learning_rate * 0.01)
-    return optax.adam(schedule)
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "caffe_sgd": caffe_sgd,
     "adam": adam,
+}
+SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict], optax.Schedule]] = {
+    "caffe_sgd": step_decay,
+    "adam": warmup_cosine,
 }
 
 
@@ -47,3 +60,12 @@ def make(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer.name = {cfg.name!r}: unknown; known: {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[cfg.name](cfg, params)
+
+
+def schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+    """The base learning rate (per-layer multipliers not applied) of update k = 0, 1, ... of the
+    optimiser `cfg` names."""
+    make_schedule = SCHEDULES.get(cfg.name)
+    if make_schedule is None:
+        raise ValueError(f"config.optimizer.name = {cfg.name!r}: unknown; known: {', '.join(SCHEDULES)}")
+    return make_schedule(cfg)

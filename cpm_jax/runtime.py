@@ -39,6 +39,10 @@ import sys
 
 from absl import logging
 
+MISSING_TENSORFLOW = (
+    "TensorFlow is not installed, and the input pipeline (tf.data) needs it: install the project "
+    "with it, pip install 'cpm_jax[tf]' (tensorflow-cpu; 'cpm_jax[cpu]' on a CPU-only machine), "
+    "or any TensorFlow 2 of your own (Colab has one)")
 CPU_CONVOLUTION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 _MEASURED_JAXLIB = "0.10."  # the flag's speed-up was measured on this series only
 
@@ -154,17 +158,32 @@ def _import_tensorflow_quietly():
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     # Its C++ INFO/WARNING lines too (a failed tf.numpy_function logs ~18 of them before the
-    # error the user needs, which pipeline.py re-raises as itself); a user's own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # error the user needs, which pipeline.py re-raises as itself): TensorFlow reads the level
+    # once, at import. A user's own setting wins; "1" after `import jax` is JAX's (its
+    # __init__ sets it when unset) and is raised for TensorFlow, then given back for XLA.
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if level is None or (level == "1" and "jax" in sys.modules):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     sys.stderr.flush()
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
     try:
         import tensorflow
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
+        tensorflow = None
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+        if level is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+    if tensorflow is None:
+        from cpm_jax import errors
+        raise errors.UserError(MISSING_TENSORFLOW)
     return tensorflow
 
 

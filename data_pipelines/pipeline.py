@@ -18,6 +18,13 @@ split is read epoch after epoch, each epoch a fresh permutation drawn statelessl
 and an epoch is size // n examples per process. Augmentation is seeded by (seed, epoch x size +
 index): new every epoch. Evaluation reads a split in order. With `data.skip_bad_examples` the
 skipped examples leave gaps, so a resumed run is exact only up to the first skipped example.
+
+Failures. A source's UserError (a bad example without skipping) reaches the consumer as itself
+(`NumpyBatches`, `numpy_iterator`), and the tf.data iterator is dropped before it goes up: a live
+one hangs the interpreter's exit. With skipping, skips are counted per epoch of stream positions
+(one report per epoch, `sources.BadExampleLog`) and the stream stops with a DataError naming the
+split and folder when an epoch has no usable example or more than `data.max_skipped_fraction`
+of it is bad (`watch_skips`).
 """
 import collections
 import itertools
@@ -29,7 +36,13 @@ from typing import Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
+try:
+    import tensorflow as tf
+except ModuleNotFoundError as _error:   # a notebook importing the pipeline without TensorFlow
+    if _error.name != "tensorflow":
+        raise
+    from cpm_jax.runtime import MISSING_TENSORFLOW
+    raise ModuleNotFoundError(MISSING_TENSORFLOW, name="tensorflow") from None
 
 from cpm_jax import architecture
 from cpm_jax.errors import UserError
@@ -51,8 +64,11 @@ class NumpyBatches:
     """Iterator over a tf.data pipeline's numpy batches, reshaped for `num_devices`.
 
     Pipelines that call Python (`tf.numpy_function`) hang the interpreter's exit if their
-    iterator is still alive then; `close_all` closes every open one (at exit after
-    `cpm_jax.runtime.setup()`, which every entry point calls)."""
+    iterator is still alive then (its destructor, run while Python finalises, waits for loader
+    threads that can no longer run Python). So the tf.data iterator is dropped as soon as
+    anything goes wrong (a source's error, TensorFlow's, an interrupt), before the error goes
+    up, and the error carries no traceback through the iterator; `close_all` closes every open
+    one (at exit after `cpm_jax.runtime.setup()`, which every entry point calls)."""
     _open: "weakref.WeakSet[NumpyBatches]" = weakref.WeakSet()
 
     def __init__(self, ds: tf.data.Dataset, num_devices: int, pad_to: int | None = None):
@@ -67,7 +83,7 @@ class NumpyBatches:
             raise StopIteration
         try:
             batch, failure = _next_or_failure(self._iterator)
-        except StopIteration:
+        except BaseException:                 # StopIteration, KeyboardInterrupt, ...
             self.close()
             raise
         if failure is not None:               # a source failed: its own error, not TensorFlow's
@@ -79,13 +95,20 @@ class NumpyBatches:
         return {k: v.reshape((self._num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
 
     def close(self) -> None:
+        """Drops the tf.data iterator: its destructor stops its threads (waiting for the Python
+        calls in flight), which it can do now, while Python runs, and not at exit."""
         self._iterator = None
+
+    def __enter__(self) -> "NumpyBatches":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @classmethod
     def close_all(cls) -> None:
         for batches in list(cls._open):
             batches.close()
-
 
 
 def _options() -> tf.data.Options:
@@ -146,29 +169,33 @@ def loader_error(error: tf.errors.OpError) -> UserError | None:
 
 def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict]:
     """`ds.as_numpy_iterator()`, raising a source's own UserError (see `loader_error`) instead of
-    the TensorFlow error that carries it. Use it up (or drop it) before the interpreter exits."""
+    the TensorFlow error that carries it. The tf.data iterator is dropped when this generator
+    ends, fails or is closed (a live one hangs the interpreter's exit); use it up or close it."""
     iterator = ds.as_numpy_iterator()
-    while True:
-        try:
-            element, failure = _next_or_failure(iterator)
-        except StopIteration:
-            return
-        if failure is not None:
-            iterator = None      # not kept alive by the error's traceback (it would hang the exit)
-            raise failure
-        yield element
+    try:
+        while True:
+            try:
+                element, failure = _next_or_failure(iterator)
+            except StopIteration:
+                return
+            if failure is not None:
+                iterator = None      # not kept alive by the error's traceback (it would hang the exit)
+                raise failure
+            yield element
+    finally:
+        iterator = None
 
 
 def _next_or_failure(iterator) -> tuple:
-    """(next element, None), or (None, the source's UserError) where TensorFlow reports one.
-    The UserError is raised by the caller outside this `except`, so that it does not carry the
-    TensorFlow error (and, through its traceback, the live iterator) as its context."""
+    """(next element, None), or (None, the error to raise): the source's UserError where
+    TensorFlow reports one, else TensorFlow's error without its traceback. The caller raises it
+    outside this `except`, so that it carries neither the TensorFlow error as its context nor
+    frames that hold the live iterator (a CLI keeps the error until exit, and a live iterator
+    hangs the exit)."""
     try:
         return next(iterator), None
     except tf.errors.OpError as error:
-        failure = loader_error(error)
-        if failure is None:
-            raise
+        failure = loader_error(error) or error.with_traceback(None)
     return None, failure
 
 
@@ -176,14 +203,17 @@ def record_stream(source, positions: tf.data.Dataset, to_index=None) -> tf.data.
     """Records of `source` at `positions`, with int64 `index` and `key` (augmentation seed).
 
     `to_index` maps a position to (index, key); by default both are the position. Examples the
-    source skips (bad, with skip_bad_examples) are left out; a UserError of the source (a bad
-    example without skipping) reaches the iterator (NumpyBatches, numpy_iterator) as itself."""
+    source skips (bad, with skip_bad_examples) are left out, counted per epoch of positions by the
+    source's `bad_examples` log; a UserError of the source (a bad example without skipping, or
+    the log's DataError when too many are skipped) reaches the iterator (NumpyBatches,
+    numpy_iterator) as itself."""
     keys = list(_FIELDS)
     num_parts = source.num_parts
+    skipping = bool(getattr(source, "skip_bad_examples", False))
 
-    def load(index):
+    def load(index, position):
         try:
-            record = source.load(int(index))
+            record = source.load(int(index), int(position)) if skipping else source.load(int(index))
         except UserError as error:
             raise _keep(error) from None
         if record is None:
@@ -191,22 +221,38 @@ def record_stream(source, positions: tf.data.Dataset, to_index=None) -> tf.data.
                     for k in keys] + [False]
         return [np.asarray(record[k], _FIELDS[k][0].as_numpy_dtype) for k in keys] + [True]
 
-    def to_record(index, key):
-        values = tf.numpy_function(load, [index], [_FIELDS[k][0] for k in keys] + [tf.bool], stateful=False)
+    def to_record(position, index, key):
+        values = tf.numpy_function(load, [index, position], [_FIELDS[k][0] for k in keys] + [tf.bool],
+                                   stateful=False)
         record = {k: tf.ensure_shape(v, _FIELDS[k][1](num_parts)) for k, v in zip(keys, values)}
         record.update(index=index, key=key, ok=values[-1])
         return record
 
     to_index = to_index or (lambda n: (n, n))
-    ds = positions.map(to_index).map(to_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = positions.map(lambda n: (n,) + tuple(to_index(n))).map(
+        to_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.filter(lambda r: r.pop("ok"))
 
 
+def watch_skips(source, split: str, data: ml_collections.ConfigDict | None, epoch_size: int | None,
+                start: int = 0) -> None:
+    """Has the source's skip log count epochs of `epoch_size` stream positions from `start` and
+    stop the stream past `data.max_skipped_fraction` (module docstring); no-op unless the source
+    skips bad examples."""
+    log = getattr(source, "bad_examples", None)
+    if log is None or not getattr(source, "skip_bad_examples", False):
+        return
+    bound = None if data is None else data.get("max_skipped_fraction", None)
+    log.configure(epoch_size, start, None if bound is None else float(bound),
+                  where=f"{split} split of {getattr(source, 'where', source.name)}")
+
+
 def train_records(source, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1),
-                  count: int | None = None) -> tf.data.Dataset:
-    """The training stream of process `shard` from position `start` (endless unless `count`)."""
-    if source.size:  # report skipped examples once per epoch of this process
-        source.bad_examples.epoch_size = source.size // shard[1]
+                  count: int | None = None, data: ml_collections.ConfigDict | None = None) -> tf.data.Dataset:
+    """The training stream of process `shard` from position `start` (endless unless `count`).
+    `data`: the config's data block, for `max_skipped_fraction` (None: no bound)."""
+    if source.size:  # skips counted and reported per epoch of this process
+        watch_skips(source, "train", data, source.size // shard[1], start)
     positions = tf.data.Dataset.range(start, start + count if count else np.iinfo(np.int64).max)
     return record_stream(source, positions, _stream_indices(source.size, seed, shard))
 
@@ -249,7 +295,7 @@ def train_examples(config: ml_collections.ConfigDict, start: int = 0,
             example["stage1_targets"] = targets.belief_targets(everyone, labelled, size, sigma=data.target_sigma)
         return example
 
-    records = train_records(source, config.seed, start, shard)
+    records = train_records(source, config.seed, start, shard, data=data)
     return records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -270,6 +316,7 @@ def eval_batches(config: ml_collections.ConfigDict, num_devices: int, split: str
     batch = config.training.eval_batch_size
     source = registry.open_split(data, split or registry.eval_split(data))
     count = registry.example_count(source, data, count)
+    watch_skips(source, split or registry.eval_split(data), data, count)
     pooled_center = tf.constant(targets.center_map(size, sigma=data.center_sigma))
 
     def prepare(record):

@@ -11,6 +11,7 @@ Adding a dataset: write a reader that returns a `records.Annotations`, then add 
 `DATASETS` (or, in a test or a notebook, `register(Dataset(...))`).
 """
 import dataclasses
+import os
 from typing import Callable
 
 import ml_collections
@@ -42,6 +43,9 @@ class Dataset:
     benchmark: str | None = None
     person_rule: str = "annotated"
     multi_person: bool = False           # records carry other people (stage-1 targets)
+    # The config.data keys naming what each split reads from files (data.source = "files"):
+    # split -> ("paths.lsp", ...); `check_files` (called by configs.validate) checks them.
+    files: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.eval_split not in self.splits:
@@ -62,9 +66,50 @@ class Dataset:
 def _path(data: ml_collections.ConfigDict, name: str) -> str:
     path = data.paths.get(name) if "paths" in data else None
     if not path:
-        raise errors.ConfigError(f"config.data.paths.{name} is not set: the directory of the {name} "
-                                 "dataset in its official layout")
+        raise _not_set(f"paths.{name}")
     return path
+
+
+# What each file key of `Dataset.files` names, and an example value, for messages.
+_WHAT = {
+    "paths.lsp": ("the LSP folder (lsp_dataset: joints.mat and images/)", "/data/lsp_dataset"),
+    "paths.lspet": ("the LSP Extended folder (lspet_dataset: joints.mat and images/)", "/data/lspet_dataset"),
+    "paths.mpii": ("the MPII folder (the release's .mat file and images/)", "/data/mpii"),
+    "paths.flic": ("the FLIC folder (examples.mat and images/)", "/data/FLIC"),
+    "mpii_validation_file": ("Tompson et al.'s detections.mat, the validation people scored after training "
+                             "(a path, or a name under config.data.paths.mpii)", "/data/mpii/detections.mat"),
+    "tfds_data_dir": ("the folder `python -m data_pipelines.build_tfds` wrote the TFDS builds to", "/data/tfds"),
+}
+
+
+def _not_set(key: str) -> errors.ConfigError:
+    what, example = _WHAT.get(key, ("a path", "PATH"))
+    return errors.ConfigError(f"config.data.{key} is not set: {what}; e.g. --config.data.{key}={example}")
+
+
+def check_files(data: ml_collections.ConfigDict, splits=None, dataset: Dataset | None = None) -> None:
+    """ConfigError naming the key unless every file the `splits` of `data.dataset` read (default:
+    all of its splits) is set and exists: `config.data.paths.lspet is not set: ...`,
+    `config.data.paths.lsp = '/x': no such directory (...)`. Only names and existence are
+    checked (nothing is read): a mistyped path fails before any work starts. `dataset`: the
+    record (default `get(data.dataset)`)."""
+    dataset = dataset or get(data.dataset)
+    if data.get("source", "files") == "tfds":
+        keys = ("tfds_data_dir",) if dataset.tfds_parts is not None else ()
+    else:
+        keys = tuple(dict.fromkeys(k for split in (splits or dataset.splits) for k in dataset.files.get(split, ())))
+    for key in keys:
+        value = data.paths.get(key.split(".", 1)[1]) if key.startswith("paths.") and "paths" in data else data.get(key)
+        if not value:
+            raise _not_set(key)
+        value, what = str(value), _WHAT.get(key, ("a folder",))[0]
+        if key == "mpii_validation_file":
+            if not (os.path.isfile(value) or os.path.isfile(os.path.join(str(data.paths.get("mpii", "")), value))):
+                raise errors.ConfigError(f"config.data.{key} = {value!r}: no such file (nor under "
+                                         f"config.data.paths.mpii); expected {what}")
+        elif not os.path.isdir(value):
+            problem = "a file, not a directory" if os.path.exists(value) else "no such directory"
+            raise errors.ConfigError(f"config.data.{key} = {value!r}: {problem}; expected {what}")
 
 
 def _lsp_plus_lspet(data, split):
@@ -97,17 +142,20 @@ for _record in (
     Dataset("synthetic", skeleton.LSP, ("train", "heldout"), "heldout", None, None),
     Dataset("lsp", skeleton.LSP, ("train", "test"), "test",
             lambda data, split: lsp.read(_path(data, "lsp"), "lsp", split, "lsp"),
-            lambda split: [("lsp", split)], benchmark="lsp", person_rule="image"),
+            lambda split: [("lsp", split)], benchmark="lsp", person_rule="image",
+            files={"train": ("paths.lsp",), "test": ("paths.lsp",)}),
     Dataset("lspet", skeleton.LSP, ("train",), "train",
             lambda data, split: lsp.read(_path(data, "lspet"), "lspet", split, "lspet"),
-            lambda split: [("lspet", split)]),
+            lambda split: [("lspet", split)], files={"train": ("paths.lspet",)}),
     Dataset("lsp+lspet", skeleton.LSP, ("train", "test"), "test", _lsp_plus_lspet,
             lambda split: [("lspet", "train"), ("lsp", "train")] if split == "train" else [("lsp", split)],
-            benchmark="lsp", person_rule="image"),
+            benchmark="lsp", person_rule="image",
+            files={"train": ("paths.lspet", "paths.lsp"), "test": ("paths.lsp",)}),
     Dataset("mpii", skeleton.LSP, ("train", "valid"), "valid", _mpii, lambda split: [("mpii", split)],
-            benchmark="mpii", multi_person=True),
+            benchmark="mpii", multi_person=True,
+            files={"train": ("paths.mpii",), "valid": ("paths.mpii", "mpii_validation_file")}),
     Dataset("flic", skeleton.FLIC, ("train", "test"), "test", _flic, lambda split: [("flic", split)],
-            benchmark="flic", multi_person=True),
+            benchmark="flic", multi_person=True, files={"train": ("paths.flic",), "test": ("paths.flic",)}),
 ):
     register(_record)
 

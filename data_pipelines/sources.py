@@ -44,40 +44,101 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 
 class BadExampleLog:
-    """Thread-safe count of skipped examples, reported every `epoch_size` loads (an epoch)."""
+    """Skipped examples of a stream, counted per epoch of stream positions, thread-safe.
+
+    An epoch is `epoch_size` consecutive stream positions (the first epoch of a stream started
+    at position `start` mid-epoch is the rest of that epoch). Loader threads count each position
+    once, in whatever order they finish, and the thread that completes an epoch reports it: one
+    warning per epoch with skips, however many loader threads and prefetched epochs there are.
+    Loads without a position (direct `Source.load(i)` calls) take the next position in the order
+    they are counted.
+
+    The run stops (a DataError raised by the load that decides it, which the pipeline hands to
+    its consumer) when an epoch has no usable example, or when more than `max_fraction` of an
+    epoch's positions are bad: as soon as the count passes the bound, without waiting for the
+    epoch's end. `max_fraction` None: no bound (only the "no usable examples" rule)."""
 
     def __init__(self, name: str, epoch_size: Optional[int], shown: int = 5):
         self.name, self.epoch_size, self.shown = name, epoch_size, shown
+        self.start, self.max_fraction, self.where = 0, None, name
         self._lock = threading.Lock()
-        self._loads, self._bad, self.total_skipped = 0, [], 0
+        self._epochs: dict[int, list] = {}       # epoch -> [loads, bad, first messages]
+        self._next_position, self.total_skipped = 0, 0
+        self._failure: Optional[DataError] = None   # once raised, the stream is over: no more reports
 
-    def count(self, error: Optional[BadExampleError] = None) -> None:
+    def configure(self, epoch_size: Optional[int], start: int = 0, max_fraction: Optional[float] = None,
+                  where: Optional[str] = None) -> None:
+        """Set by the pipeline for its stream: epoch length, first position, bound, and how the
+        messages name the data (e.g. "lspet train (images in /data/lspet/images)")."""
         with self._lock:
-            self._loads += 1
-            if error is not None:
-                self._bad.append(str(error))
-                self.total_skipped += 1
-            if self.epoch_size and self._loads % self.epoch_size == 0:
-                self._report()
+            self.epoch_size, self.start, self.max_fraction = epoch_size, start, max_fraction
+            self.where = where or self.name
+            self._epochs, self._next_position, self._failure = {}, start, None
 
-    def _report(self) -> None:
-        if self._bad:
-            logging.warning("%s: skipped %d bad examples in the last epoch of %d; the first: %s",
-                            self.name, len(self._bad), self.epoch_size, "; ".join(self._bad[:self.shown]))
-        self._bad = []
+    def count(self, error: Optional[BadExampleError] = None, position: Optional[int] = None) -> None:
+        """Counts one load at stream `position` (default: the next one), bad if `error`; raises
+        DataError when the stream must stop (see the class docstring)."""
+        with self._lock:
+            if position is None:
+                position, self._next_position = self._next_position, self._next_position + 1
+            if error is not None:
+                self.total_skipped += 1
+            if self._failure is not None:          # loads still in flight after the stop
+                if error is not None:
+                    raise DataError(str(self._failure))
+                return
+            if not self.epoch_size:
+                return
+            epoch = position // self.epoch_size
+            expected = self.epoch_size - (self.start % self.epoch_size if epoch == self.start // self.epoch_size else 0)
+            state = self._epochs.setdefault(epoch, [0, 0, []])
+            state[0] += 1
+            if error is not None:
+                state[1] += 1
+                if len(state[2]) < self.shown:
+                    state[2].append(str(error))
+            loads, bad, first = state
+            if error is not None:
+                self._failure = self._verdict(loads, bad, expected, "; ".join(first))
+                if self._failure is not None:
+                    raise self._failure
+            if loads >= expected:
+                del self._epochs[epoch]
+                if bad:
+                    logging.warning("%s: skipped %d bad examples in the last epoch of %d; the first: %s",
+                                    self.where, bad, expected, "; ".join(first))
+
+    def _verdict(self, loads: int, bad: int, expected: int, first: str) -> Optional[DataError]:
+        """The DataError that stops the stream after this count of an epoch, or None."""
+        if bad == loads == expected:
+            return DataError(f"{self.where}: no usable examples: all {expected} examples of an epoch are bad "
+                             f"(check the folder and its files). The first: {first}")
+        if self.max_fraction is None or bad <= self.max_fraction * expected:
+            return None
+        bound = f"more than config.data.max_skipped_fraction = {self.max_fraction:g} of an epoch of {expected}"
+        if bad == loads:
+            return DataError(f"{self.where}: no usable examples: all {loads} read so far are bad, {bound} "
+                             f"(check the folder and its files). The first: {first}")
+        return DataError(f"{self.where}: {bad} of the {loads} examples read so far are bad, {bound}; fix or "
+                         f"remove them, or raise data.max_skipped_fraction. The first: {first}")
 
 
 class Source:
-    """A split whose examples are fetched by index. `fetch(i)` -> (encoded image bytes, row)."""
+    """A split whose examples are fetched by index. `fetch(i)` -> (encoded image bytes, row).
+
+    `where` names the data in the messages about skipped examples (default `name`)."""
 
     def __init__(self, name: str, size: int, fetch: Callable[[int], tuple[bytes, dict]],
-                 describe: Callable[[int], str], num_parts: int, skip_bad_examples: bool = False):
+                 describe: Callable[[int], str], num_parts: int, skip_bad_examples: bool = False,
+                 where: str = ""):
         self.name, self.size, self.num_parts = name, size, num_parts
         self._fetch, self._describe, self.skip_bad_examples = fetch, describe, skip_bad_examples
-        self.bad_examples = BadExampleLog(name, size)
+        self.where = where or name
+        self.bad_examples = BadExampleLog(self.where, size)
 
-    def load(self, index: int) -> Optional[dict]:
-        """Record `index`, or None if it is bad and bad examples are skipped."""
+    def load(self, index: int, position: Optional[int] = None) -> Optional[dict]:
+        """Record `index`, or None if it is bad and bad examples are skipped. `position`: its
+        stream position (epochs of the skip count, see BadExampleLog); default the next."""
         where = self._describe(index)
         try:
             data, row = self._fetch(index)
@@ -86,10 +147,20 @@ class Source:
         except BadExampleError as error:
             if not self.skip_bad_examples:
                 raise
-            self.bad_examples.count(error)
+            self.bad_examples.count(error, position)
             return None
-        self.bad_examples.count()
+        if self.skip_bad_examples:
+            self.bad_examples.count(None, position)
         return record
+
+
+def _folders(paths) -> str:
+    """`images in /data/lspet/images` (the folders of `paths`, at most two named)."""
+    folders = list(dict.fromkeys(os.path.dirname(str(p)) for p in paths))
+    if not folders:
+        return "no images"
+    shown = " and ".join(folders[:2]) + (f" and {len(folders) - 2} more folders" if len(folders) > 2 else "")
+    return f"images in {shown}"
 
 
 def from_annotations(ann: records.Annotations, skip_bad_examples: bool = False) -> Source:
@@ -104,7 +175,8 @@ def from_annotations(ann: records.Annotations, skip_bad_examples: bool = False) 
         except OSError as error:
             raise BadExampleError(f"{ann.describe(index)}: cannot read {path}: {error.strerror}") from error
 
-    return Source(ann.dataset, len(ann), fetch, ann.describe, ann.num_parts, skip_bad_examples)
+    return Source(ann.dataset, len(ann), fetch, ann.describe, ann.num_parts, skip_bad_examples,
+                  where=f"{ann.dataset} ({_folders(ann.image_paths)})")
 
 
 def concatenate(parts: list[Source]) -> Source:
@@ -125,8 +197,9 @@ def concatenate(parts: list[Source]) -> Source:
         part, i = locate(index)
         return part._describe(i)
 
-    return Source("+".join(p.name for p in parts), int(offsets[-1]), fetch, describe, parts[0].num_parts,
-                  parts[0].skip_bad_examples)
+    name = "+".join(p.name for p in parts)
+    return Source(name, int(offsets[-1]), fetch, describe, parts[0].num_parts, parts[0].skip_bad_examples,
+                  where=" + ".join(p.where for p in parts))
 
 
 class SyntheticSource:

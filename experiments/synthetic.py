@@ -5,7 +5,10 @@
 Same architecture and labels as the paper, narrower layers, 5x5 instead of 9x9 image-trunk
 kernels (the two full-resolution trunks are most of the compute: 1.6x faster on 2 CPU cores) and
 a 128x128 input (16x16 belief maps); Adam instead of the release's SGD so that a few minutes
-suffice.
+suffice. `model.dtype = "auto"` (from the paper config): float32 on a CPU, bfloat16 on a GPU or
+TPU. Measured here (2 shared CPU cores, 500 steps): bfloat16's loss follows float32's within the
+step-to-step noise (57.1 vs 55.4 at step 500; held-out PCK@0.2 of the last stage 0.629 vs 0.633),
+at 0.6x the speed, hence float32 on CPUs.
 """
 from cpm_jax import configs
 

@@ -28,7 +28,7 @@ def test_paper_model_is_the_releases_network():
     assert (m.stage_kernel, m.stage_features) == (11, 128)           # 3 x conv 11x11 (128), 1x1 (128)
     assert m.dropout_rate == 0.5
     assert m.kernel_init == m.output_init == "paper_normal"          # N(0, 0.01^2), biases 0
-    assert m.dtype == "float32"
+    assert m.dtype == "auto"                                         # bfloat16 on GPU/TPU, float32 on CPU
     # The layer lists built from these numbers.
     assert architecture.image_trunk(m) == (architecture.Conv(9, 128), architecture.MaxPool(3, 2)) * 3
     assert architecture.stage1_head(m) == (

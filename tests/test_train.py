@@ -1,4 +1,6 @@
-"""Training: the pmapped step, loss falling, checkpoint save/restore/resume, config errors."""
+"""Training: the pmapped step, loss falling, an in-process resume with dropout and the release's
+solver, config errors, the command line. (Resuming after kills and preemption, through the
+command line: test_resume_kill.py; damaged checkpoints: test_checkpoints.py.)"""
 import json
 import subprocess
 import sys
@@ -78,33 +80,6 @@ def test_two_device_pmap_step_equals_one_device_step():
     assert r["loss1"] == pytest.approx(r["loss2"], rel=1e-5)
 
 
-def _final_params(workdir):
-    config = checkpointing.read_config(workdir)
-    state = train_states.create(config, jax.random.key(0))
-    restored, step = checkpointing.restore_latest(checkpointing.manager(workdir, 2), state)
-    return restored, step
-
-
-def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
-    config = tiny_config()
-    config.training.num_steps = 4
-    config.training.checkpoint_every = 2
-    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    interrupted = tiny_config()
-    interrupted.training.num_steps = 2
-    train.train_and_evaluate(interrupted, str(tmp_path / "resumed"))
-    _, step = _final_params(str(tmp_path / "resumed"))
-    assert step == 2
-    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    a, step_a = _final_params(str(tmp_path / "straight"))
-    b, step_b = _final_params(str(tmp_path / "resumed"))
-    assert step_a == step_b == 4
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a.params, b.params)
-    assert resumed["pck@0.2_per_stage"] == pytest.approx(straight["pck@0.2_per_stage"])
-    kept = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
-    assert kept == ["2", "4"]
-
-
 def _sgd_dropout_config():
     """The tiny model with dropout on and the release's solver (momentum, weight decay,
     multipliers, a step decay that falls after the resume point)."""
@@ -146,17 +121,6 @@ def test_resume_with_dropout_and_caffe_sgd_is_bit_identical(tmp_path):
     moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
                 for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(at_2.params)))
     assert moved > 1e-4, "steps 3-5 must have changed the parameters"
-
-
-def test_unreadable_checkpoint_names_its_directory(tmp_path):
-    config = tiny_config()
-    config.training.num_steps = 2
-    train.train_and_evaluate(config, str(tmp_path))
-    for f in (tmp_path / "checkpoints" / "2").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name.lower():
-            f.write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match=r"cannot restore checkpoint .*checkpoints/2"):
-        _final_params(str(tmp_path))
 
 
 @pytest.mark.parametrize("key, value, message", [
