@@ -256,8 +256,7 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
         if keys:
             logging.warning("%s %s", what, ", ".join(f"config.{k} = {(now if k in now else saved)[k]!r}"
                                                      for k in sorted(keys)))
-    changed = [(key, saved[key], now[key]) for key in sorted(saved.keys() & now.keys())
-               if saved[key] != now[key] and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)]
+    changed = config_changes(workdir, config, RESUMABLE_CHANGES)
     if changed:
         lines = "\n".join(f"  config.{key}: {old!r} in the workdir, now {new!r}" for key, old, new in changed)
         raise errors.ConfigError(
@@ -265,6 +264,18 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
             f"resuming it with this one would change {len(changed)} key(s):\n{lines}\n"
             "Nothing in the workdir was changed. Use a new --workdir for a new run, or resume with the "
             "workdir's values.")
+
+
+def config_changes(workdir: str, config: ml_collections.ConfigDict, exempt: tuple[str, ...] = (),
+                   within: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, value in the workdir's config.json, value in `config`) of every key both have
+    that starts with `within` and differs, except the keys (or key prefixes) in `exempt`. The one
+    comparison behind `check_same_run` (resume) and `evaluate run --config` (same network)."""
+    saved = _flatten(_read_config_json(workdir))
+    now = _flatten(json.loads(config.to_json_best_effort()))
+    return [(key, saved[key], now[key]) for key in sorted(saved.keys() & now.keys())
+            if key.startswith(within) and saved[key] != now[key]
+            and not any(key == k or key.startswith(k + ".") for k in exempt)]
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -126,18 +126,15 @@ def _stage_paths(out: str | None, workdir: str, dataset: str, split: str, stages
 
 
 def model_mismatch(workdir: str, config) -> str | None:
-    """The keys of config.model that change parameter shapes and differ from the config the
-    workdir was trained with, described; None when they agree or the workdir has no config."""
+    """The keys of config.model that change the network and differ from the config the workdir
+    was trained with, described; None when they agree or the workdir has no config."""
     from cpm_jax import checkpointing, errors
+    exempt = tuple(f"model.{k}" for k in ("dtype", "dropout_rate", "kernel_init", "output_init"))
     try:
-        saved = checkpointing.read_config(workdir).model
+        changes = checkpointing.config_changes(workdir, config, exempt, within="model.")
     except errors.CheckpointError:
         return None
-    ignored = {"dtype", "dropout_rate", "kernel_init", "output_init"}
-    keys = sorted((set(saved) | set(config.model)) - ignored)
-    differ = [f"model.{k}: {config.model.get(k)!r} (checkpoint: {saved.get(k)!r})" for k in keys
-              if config.model.get(k) != saved.get(k)]
-    return "; ".join(differ) or None
+    return "; ".join(f"{key}: {new!r} (checkpoint: {old!r})" for key, old, new in changes) or None
 
 
 def run_workdir(config, workdir: str, split: str | None = None, stages: str = "all", options=None,
