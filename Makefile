@@ -10,14 +10,19 @@ WORKDIR ?= runs/demo
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cpu,test]'   # CPU JAX + tensorflow-cpu; see README for GPU/TPU
+	$(BIN)/pip install --quiet -e '.[cpu]'   # CPU JAX + tensorflow-cpu; see README for GPU/TPU
+	touch $@
+
+# The tests add pytest and the PyTorch peer of the benchmark (`bench`: torch 2.13, CPU build).
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[cpu,test,bench]'
 	touch $@
 
 demo: $(BIN)/.installed
 	rm -rf $(WORKDIR)
 	$(BIN)/python -m cpm_jax.train --config experiments/synthetic.py --workdir $(WORKDIR)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 clean:

@@ -77,6 +77,13 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
     return new_state, metrics
 
 
+def parallel_train_step(config: ml_collections.ConfigDict):
+    """`train_step` over this process's devices (`jax.pmap`, axis "batch", the state donated):
+    (replicated state, batch (devices, B/devices, ...), replicated key) -> (state, metrics)."""
+    return jax.pmap(functools.partial(train_step, intermediate_supervision=config.loss.intermediate_supervision),
+                    axis_name="batch", donate_argnums=(0,))
+
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -279,38 +286,52 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
     """Steps start_step + 1 .. num_steps: log, checkpoint, evaluate, stop on preemption
     (Preempted) or divergence (errors.DivergenceError). Returns the final state (device 0).
 
-    Every step fetches one flag (finite) from the device, so the next step is dispatched once
-    this one has ended: what is lost is the host's dispatch time per step (about a millisecond),
-    not input time (the pipeline prefetches on its own threads)."""
+    A step's finite flag is read once the next step has been dispatched (at a step that logs,
+    checkpoints, evaluates or ends, at once), so the device never waits for the host between
+    steps; a non-finite step is reported by its own number, at most one step late, and never
+    reaches a checkpoint (its update was not applied, and every save checks first)."""
     from data_pipelines import pipeline
     t = config.training
     _, dropout_rng = jax.random.split(jax.random.key(config.seed))
     p_state = flax.jax_utils.replicate(state)
-    p_step = jax.pmap(functools.partial(train_step, intermediate_supervision=config.loss.intermediate_supervision),
-                      axis_name="batch", donate_argnums=(0,))
+    p_step = parallel_train_step(config)
     p_rng = flax.jax_utils.replicate(dropout_rng)
     meter = progress.Progress(t.num_steps, start_step)
     schedule = optimizers.schedule(config.optimizer)
     skipped = 0
+
+    def check_finite(step: int, metrics: dict) -> None:
+        nonlocal skipped
+        if bool(metrics["finite"][0]):
+            return
+        problem = describe_nonfinite(step, host_metrics(metrics))
+        if t.get("nonfinite", "stop") == "stop":
+            raise errors.DivergenceError(divergence_message(problem, mngr))
+        skipped += 1
+        logging.warning("skipped %s; update not applied (%d step(s) skipped by this run)", problem, skipped)
+
     batches = pipeline.train_batches(config, jax.local_device_count(), start_step,
                                      (jax.process_index(), jax.process_count()))
+    unchecked = None  # (step, metrics) whose finite flag has not been read yet
     try:
         with Preemption(mngr, start_step) as preemption:
             for step in range(start_step + 1, t.num_steps + 1):
                 p_state, metrics = p_step(p_state, next(batches), p_rng)
                 meter.update(step)
-                if not bool(metrics["finite"][0]):
-                    problem = describe_nonfinite(step, host_metrics(metrics))
-                    if t.get("nonfinite", "stop") == "stop":
-                        raise errors.DivergenceError(divergence_message(problem, mngr))
-                    skipped += 1
-                    logging.warning("skipped %s; update not applied (%d step(s) skipped by this run)", problem, skipped)
+                if unchecked:
+                    check_finite(*unchecked)  # the previous step: it has ended, this one is queued
+                unchecked = (step, metrics)
+                stop = preemption.reached(step)
+                evaluate = t.eval_every and step % t.eval_every == 0 and step != t.num_steps
+                if (step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.num_steps
+                        or stop or evaluate):
+                    check_finite(*unchecked)  # before anything is logged, saved or evaluated
+                    unchecked = None
                 if step % t.log_every == 0 or step == t.num_steps:
                     m = host_metrics(metrics)
                     log_step(step, t.num_steps, m, meter, t.global_batch_size)
                     rate = float(schedule(max(applied_updates(p_state.opt_state) - 1, 0)))
                     writer.scalars(step, step_scalars(m, rate, meter.rate(), t.global_batch_size, skipped))
-                stop = preemption.reached(step)
                 if step % t.checkpoint_every == 0 or step == t.num_steps or stop:
                     checkpointing.save(mngr, step, flax.jax_utils.unreplicate(p_state))
                     logging.info("saving checkpoint %d in %s", step, mngr.directory)
@@ -319,7 +340,7 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
                     logging.warning("preempted: stopped after step %d with checkpoint %s/%d; the same command "
                                     "continues the run", step, mngr.directory, step)
                     raise Preempted(step, str(mngr.directory))
-                if t.eval_every and step % t.eval_every == 0 and step != t.num_steps:
+                if evaluate:
                     held_out(step, flax.jax_utils.unreplicate(p_state))
     finally:
         batches.close()

@@ -15,13 +15,14 @@ def reference_pool(x, window, stride):
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 16, 3), (1, 9, 12, 2), (3, 7, 7, 1)])
-def test_values_and_gradients_match_xla(shape):
+@pytest.mark.parametrize("window, stride", [(3, 2), (2, 2), (3, 1), (5, 2), (4, 3)])
+def test_values_and_gradients_match_xla(shape, window, stride):
     x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))  # many ties at zero
     x = x.at[0, 0, 0, 0].set(x[0, 1, 1, 0])                        # and a tie above zero
-    cotangent = jax.random.normal(jax.random.key(1), reference_pool(x, 3, 2).shape)
-    np.testing.assert_array_equal(caffe_max_pool(x, 3, 2), reference_pool(x, 3, 2))
-    ours = jax.vjp(lambda v: caffe_max_pool(v, 3, 2), x)[1](cotangent)[0]
-    theirs = jax.vjp(lambda v: reference_pool(v, 3, 2), x)[1](cotangent)[0]
+    cotangent = jax.random.normal(jax.random.key(1), reference_pool(x, window, stride).shape)
+    np.testing.assert_array_equal(caffe_max_pool(x, window, stride), reference_pool(x, window, stride))
+    ours = jax.vjp(lambda v: caffe_max_pool(v, window, stride), x)[1](cotangent)[0]
+    theirs = jax.vjp(lambda v: reference_pool(v, window, stride), x)[1](cotangent)[0]
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
     assert float(jnp.abs(ours).sum()) > 0
 

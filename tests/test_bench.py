@@ -1,0 +1,76 @@
+"""`python -m cpm_jax.bench`: runs on the tiny config, prints the table and one JSON line, and
+compares with the PyTorch peer where PyTorch is installed (CI installs the `bench` extra). No
+timing thresholds: figures only have to be there and be positive."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cpm_jax import bench, summary
+from tests.conftest import ROOT, python_env, tiny_config
+
+TORCH = importlib.util.find_spec("torch") is not None
+JSON_KEYS = ("train_images_per_s", "inference_images_per_s", "pipeline_images_per_s", "peak_host_memory_gb",
+             "fed_train_images_per_s", "train_compile_s", "first_step_s", "forward_gflops_per_image",
+             "train_gflops_per_s")
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cpm_jax.bench", "--config", "tests/tiny_experiment.py",
+                           "--steps", "2", "--pipeline_batches", "2", *args],
+                          cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(not TORCH, reason="PyTorch is not installed: pip install -e '.[bench]' (CI installs it)")
+def test_cli_prints_table_and_json_with_the_torch_peer():
+    result = run_bench("--json", "--compare", "torch")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    for key in JSON_KEYS + ("torch_train_images_per_s", "torch_inference_images_per_s", "train_ratio",
+                            "inference_ratio"):
+        assert out[key] > 0, key
+    assert out["torch_params"] == out["params"] == summary.describe(tiny_config().model)["params"]
+    assert out["train_ratio"] == pytest.approx(out["train_images_per_s"] / out["torch_train_images_per_s"])
+    table = "\n".join(lines[:-1])
+    for row in ("JAX train", "PyTorch train", "JAX inference", "PyTorch inference", "input pipeline alone",
+                "peak assumed:", "peak host memory"):
+        assert row in table, row
+
+
+def test_without_torch_the_comparison_is_skipped_with_the_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.delitem(sys.modules, "cpm_jax.torch_peer", raising=False)
+    out = bench.measure(tiny_config(), batch=4, steps=1, parts=("train",), compare="torch")
+    assert "pip install -e '.[bench]'" in out["torch_skipped"]
+    assert "train_ratio" not in out and out["train_images_per_s"] > 0
+    assert "PyTorch comparison skipped: PyTorch is not installed" in bench.summarise(out)
+
+
+def test_parts_are_checked_before_anything_runs():
+    result = run_bench("--parts", "train,speed")
+    assert result.returncode == 1
+    assert "--parts: unknown speed; known: train, inference, pipeline, fed" in result.stderr
+
+
+def test_cpu_peak_reckoning():
+    zen3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\ncpu MHz\t\t: 2450.000\nflags\t\t: fpu avx avx2 fma\n"
+    peak, note = bench.cpu_peak(zen3, cores=2)
+    assert peak == pytest.approx(2 * 2.45 * 32) and "32 FLOP/cycle" in note
+    zen4 = zen3.replace("fma", "fma avx512f")
+    assert bench.cpu_peak(zen4, cores=2)[0] == pytest.approx(2 * 2.45 * 32)  # 512-bit FMAs as two halves
+    intel = zen4.replace("AuthenticAMD", "GenuineIntel").replace("25", "6")
+    assert bench.cpu_peak(intel, cores=4)[0] == pytest.approx(4 * 2.45 * 64)
+    assert bench.cpu_peak("flags: avx2 fma\n", cores=2)[0] == 0.0  # no clock: unknown, not guessed
+
+
+def test_spread_and_alternation():
+    assert bench.spread([0.5, 1.0, 2.0], images=8) == {
+        "median_s": 1.0, "images_per_s": 8.0, "min_images_per_s": 4.0, "max_images_per_s": 16.0}
+    order = []
+    times = bench.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, steps=4, rounds=2,
+                            pause=0)
+    assert order == ["a", "a", "b", "b", "a", "a", "b", "b"]
+    assert [len(t) for t in times.values()] == [4, 4]
