@@ -24,7 +24,6 @@ process, alternating rounds of JAX and PyTorch steps, and prints JAX / PyTorch r
 
 The table is for people; `--json` adds one JSON object as the last line (keys in `summarise`).
 """
-import functools
 import json
 import os
 import platform

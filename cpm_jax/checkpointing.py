@@ -219,9 +219,10 @@ def _read_config_json(workdir: str) -> dict:
 RESUMABLE_CHANGES = (
     "training.num_steps", "training.log_every", "training.checkpoint_every", "training.keep_checkpoints",
     "training.eval_every", "training.eval_batch_size", "training.num_visualized", "training.nonfinite",
+    "training.gradient_histogram_every",
     "data.paths", "data.source", "data.tfds_data_dir", "data.mpii_validation_file", "data.eval_split",
     "data.num_heldout", "data.skip_bad_examples", "data.max_skipped_fraction",
-    "model.kernel_init", "model.output_init",
+    "model.kernel_init", "model.output_init", "training.init_from",
 )
 
 
@@ -234,7 +235,8 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     saves and evaluates, where it finds the files and what a non-finite step or a bad example
     does, not what a step computes (extending num_steps is the common resume). Why every other
     key must match: model.* shapes the parameter tree or the computation (dtype included; the
-    initialisers are exempt, unused once parameters exist); optimizer.* the optimiser state tree
+    initialisers and training.init_from are exempt, unused once parameters exist);
+    training.frozen and training.scheme what is trained; optimizer.* the optimiser state tree
     and every update; seed, the augmentation and label keys of data.* and
     training.global_batch_size decide which examples, crops and dropout masks step k sees (a
     resumed step k reads stream positions from (k - 1) x batch); loss.* the objective. A resume

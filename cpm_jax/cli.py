@@ -278,7 +278,7 @@ def _override_error(chain: list[BaseException]) -> str | None:
                 return (f"--{flag}.{paths[0]}: the config file's get_config() returned a "
                         f"{type(config).__name__}, not an ml_collections.ConfigDict")
             for path in paths:
-                problem = _missing_key(config, path)
+                problem = missing_key(config, path)
                 if problem:
                     return f"--{flag}.{path}: {problem}"
             if "field_path" in local:
@@ -286,7 +286,7 @@ def _override_error(chain: list[BaseException]) -> str | None:
     return None
 
 
-def _missing_key(config: ml_collections.ConfigDict, path: str) -> str | None:
+def missing_key(config: ml_collections.ConfigDict, path: str) -> str | None:
     """Why `config.<path>` names nothing, or None if it does."""
     node, parents = config, ["config"]
     for key in path.split("."):

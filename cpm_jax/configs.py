@@ -9,6 +9,7 @@ from cpm_jax import errors
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: the compute dtype
 AUTO_DTYPE = "auto"                           # model.dtype resolved by the backend (resolve_dtype)
 NONFINITE = ("stop", "skip")                  # training.nonfinite: what a non-finite step does
+SCHEMES = ("joint", "stagewise", "joint_from_stagewise")  # training.scheme (schemes.run)
 
 
 def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368) -> ml_collections.ConfigDict:
@@ -93,12 +94,23 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
             checkpoint_every=5_000,
             keep_checkpoints=3,
             eval_every=0,            # steps between held-out evaluations; 0: only at the end
+            # Steps per period of gradient-magnitude histograms (paper Figure 5; gradients.py:
+            # <workdir>/gradients.npz and gradients.png); 0 = off.
+            gradient_histogram_every=0,
             eval_batch_size=16,
             num_visualized=6,
             # A step whose loss or gradient is not finite (inf/NaN) is never applied. "stop": end
             # the run naming the step and stage(s) (the newest checkpoint holds no bad state);
             # "skip": go on without that update, counting and logging the skipped steps.
             nonfinite="stop",
+            # How the stages are trained (schemes.run): "joint" (all together), "stagewise"
+            # (stage 1, then stage 2 with stage 1 frozen, ...), "joint_from_stagewise".
+            scheme="joint",
+            # A workdir whose newest checkpoint's parameters initialise the collections this
+            # model shares with it ("stage1", "trunk", "stage2", ...); only at step 0.
+            init_from="",
+            # Top-level parameter collections that get no update and no optimiser state.
+            frozen=(),
         ),
     ))
 
@@ -131,7 +143,7 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
     the `splits` read (default: every split of the dataset; training reads "train" and scores
     the evaluation split) must be set and exist (`registry.check_files`): a missing path fails
     at once, before any JAX or TensorFlow work."""
-    from cpm_jax.model import KERNEL_INITS  # here: loading a config file should not import Flax
+    from cpm_jax.model import KERNEL_INITS, stage_parameter_groups  # here: a config file should not import Flax
 
     if not isinstance(config, ml_collections.ConfigDict):
         raise errors.ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict "
@@ -190,8 +202,24 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
         t = config.training
         for key in ("global_batch_size", "num_steps", "checkpoint_every"):
             check(integer(t.get(key)), f"training.{key}", t.get(key), "must be an integer >= 1")
+        check(integer(t.get("gradient_histogram_every", 0), 0), "training.gradient_histogram_every",
+              t.get("gradient_histogram_every"), "must be an integer >= 0 (steps per histogram period; 0 = off)")
         check(t.get("nonfinite", "stop") in NONFINITE, "training.nonfinite", t.get("nonfinite"),
               f"must be one of {', '.join(map(repr, NONFINITE))}")
+        check(t.get("scheme", "joint") in SCHEMES, "training.scheme", t.get("scheme"),
+              f"must be one of {', '.join(map(repr, SCHEMES))}")
+        check(t.get("scheme", "joint") == "joint" or t.num_steps >= m.num_stages, "training.num_steps",
+              t.num_steps, f"must be >= model.num_stages = {m.num_stages} (training.scheme = {t.get('scheme')!r} "
+              "gives each stage num_steps // num_stages steps)")
+        check(isinstance(t.get("init_from", ""), str), "training.init_from", t.get("init_from"),
+              "must be a workdir path (a string; \"\" for none)")
+        collections = [name for group in stage_parameter_groups(m.num_stages) for name in group]
+        check(lambda: all(name in collections for name in t.get("frozen", ()))
+              and not isinstance(t.get("frozen", ()), str),
+              "training.frozen", t.get("frozen"), f"must be parameter collections of this model: {', '.join(collections)}")
+        for key, empty in (("init_from", ""), ("frozen", ())):
+            check(t.get("scheme", "joint") == "joint" or not t.get(key, empty), f"training.{key}", t.get(key),
+                  f"must be empty with training.scheme = {t.get('scheme')!r} (its phases set it)")
         d = config.data
         check(lambda: len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range",
               tuple(d.get("scale_range") or ()), "must be (low, high) with 0 < low <= high")

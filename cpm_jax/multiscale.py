@@ -54,7 +54,6 @@ Where to look (the person's centre and base zoom; `person_*`):
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax

@@ -56,10 +56,22 @@ SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict], optax.Schedule]] = {
 }
 
 
-def make(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+def make(cfg: ml_collections.ConfigDict, params, frozen=()) -> optax.GradientTransformation:
+    """The optimiser `cfg.name` names, for `params` ({collection: tree}). The top-level
+    collections named in `frozen` (config.training.frozen) get zero updates and no optimiser
+    state (`optax.multi_transform` with `optax.set_to_zero`); with none frozen, the plain
+    optimiser (its state tree is the one checkpoints hold)."""
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer.name = {cfg.name!r}: unknown; known: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg.name](cfg, params)
+    if not frozen:
+        return OPTIMIZERS[cfg.name](cfg, params)
+    labels = {name: jax.tree.map(lambda _: "frozen" if name in frozen else "trained", tree)
+              for name, tree in params.items()}
+    # The trained part sees the frozen leaves as optax.MaskedNode, as multi_transform hands them over.
+    trained = {name: jax.tree.map(lambda _: optax.MaskedNode(), tree) if name in frozen else tree
+               for name, tree in params.items()}
+    return optax.multi_transform({"trained": OPTIMIZERS[cfg.name](cfg, trained), "frozen": optax.set_to_zero()},
+                                 labels)
 
 
 def schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:

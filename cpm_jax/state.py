@@ -10,18 +10,22 @@ import jax.numpy as jnp
 import ml_collections
 from flax.training import train_state
 
-from cpm_jax import architecture, model as cpm_model, optimizers
+from cpm_jax import architecture, checkpointing, errors, model as cpm_model, optimizers
 
 
-def create(config: ml_collections.ConfigDict, rng: jax.Array) -> train_state.TrainState:
-    """Initial state: parameters from `rng`, the optimiser of `config.optimizer`, step 0."""
+def create(config: ml_collections.ConfigDict, rng: jax.Array, shared: dict | None = None) -> train_state.TrainState:
+    """Initial state: parameters from `rng`, except the top-level collections in `shared`
+    ({name: tree}, from `shared_params`), which are taken as they are; the optimiser of
+    `config.optimizer` (collections in `config.training.frozen` get none); step 0."""
     model = cpm_model.CPM(config.model)
     size = config.model.input_size
     image = jnp.zeros((1, size, size, 3), jnp.float32)
     center = jnp.zeros((1, size // architecture.STRIDE, size // architecture.STRIDE, 1), jnp.float32)
     params = jax.jit(lambda r: model.init(r, image, center, train=False))(rng)["params"]
+    params = {**params, **(shared or {})}
+    frozen = tuple(config.get("training", {}).get("frozen", ()))
     state = train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                          tx=optimizers.make(config.optimizer, params))
+                                          tx=optimizers.make(config.optimizer, params, frozen))
     # An int32 array step, as the train step returns it, so the second call does not recompile.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -29,3 +33,27 @@ def create(config: ml_collections.ConfigDict, rng: jax.Array) -> train_state.Tra
 def abstract(config: ml_collections.ConfigDict) -> train_state.TrainState:
     """`create`'s result as shapes and dtypes (nothing is computed)."""
     return jax.eval_shape(functools.partial(create, config), jax.random.key(config.seed))
+
+
+def shared_params(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """{name: tree} of the top-level parameter collections ("stage1", "trunk", ...) that
+    `config`'s model shares with the newest readable checkpoint of `workdir` (read with the
+    workdir's own config.json). Raises CheckpointError naming `workdir` if it has no readable
+    checkpoint, ConfigError if a shared collection's shapes differ or none is shared."""
+    key = f"config.training.init_from = {workdir!r}"
+    try:
+        checkpointing.open_latest(workdir)[0].close()  # no checkpoint: say so, before config.json
+        source = checkpointing.read_config(workdir)
+        params = checkpointing.restore_params(workdir, source)[0]["params"]
+    except errors.CheckpointError as error:
+        raise errors.CheckpointError(f"{key}: {error}") from error
+    mine = abstract(config).params
+    shape = functools.partial(jax.tree.map, lambda x: tuple(x.shape))
+    shared = {name: tree for name, tree in params.items() if name in mine}
+    for name, tree in shared.items():
+        if shape(tree) != shape(mine[name]):
+            raise errors.ConfigError(f"{key}: its parameter collection {name!r} has other shapes than this "
+                                     f"model's (config.model differs from {workdir}/config.json's)")
+    if not shared:
+        raise errors.ConfigError(f"{key}: shares no parameter collection with this model")
+    return shared

@@ -39,20 +39,24 @@ from absl import flags, logging
 from flax.training import train_state
 from ml_collections import config_flags
 
-from cpm_jax import checkpointing, cli, configs, distributed, errors, losses, progress, runtime, state as train_states
+from cpm_jax import checkpointing, cli, configs, distributed, errors, gradients, losses, progress, runtime
+from cpm_jax import state as train_states
 from cpm_jax import model as cpm_model, optimizers
 from data_pipelines import registry
 
 
 def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
-               intermediate_supervision: bool):
+               intermediate_supervision: bool, record_gradients: bool = False):
     """One step on this device's share of the batch; gradients and metrics averaged over 'batch'.
 
     The update is applied only if the loss and every gradient are finite (all devices decide
     alike: they test the averaged values); otherwise parameters and optimiser state stay as they
     were and only the step counter advances. Metrics: loss, stage_losses (T,), finite (bool),
     grads_finite (T,) per stage (`model.stage_parameter_groups`), grad_norms {"stage<t>_first",
-    "stage<t>_last": L2 norm of the kernel gradient of stage t's first and last convolution}."""
+    "stage<t>_last": L2 norm of the kernel gradient of stage t's first and last convolution};
+    with `record_gradients` also grad_histograms (L, B) int32: `gradients.histograms` of those
+    kernels' averaged gradients, in `first_and_last_convs` order (without it the step is
+    compiled exactly as before)."""
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index("batch"))
 
     def loss_fn(params):
@@ -72,15 +76,20 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
     updated = state.apply_gradients(grads=grads)
     kept = updated.replace(params=state.params, opt_state=state.opt_state)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
+    convs = first_and_last_convs(grads)
     metrics.update(finite=finite, grads_finite=grads_finite, grad_norms={
-        name: jnp.sqrt(jnp.sum(jnp.square(_at(grads, path)))) for name, path in first_and_last_convs(grads).items()})
+        name: jnp.sqrt(jnp.sum(jnp.square(_at(grads, path)))) for name, path in convs.items()})
+    if record_gradients:
+        metrics["grad_histograms"] = jnp.stack(list(gradients.histograms(grads, convs).values()))
     return new_state, metrics
 
 
 def parallel_train_step(config: ml_collections.ConfigDict):
     """`train_step` over this process's devices (`jax.pmap`, axis "batch", the state donated):
-    (replicated state, batch (devices, B/devices, ...), replicated key) -> (state, metrics)."""
-    return jax.pmap(functools.partial(train_step, intermediate_supervision=config.loss.intermediate_supervision),
+    (replicated state, batch (devices, B/devices, ...), replicated key) -> (state, metrics);
+    recording gradient histograms when `training.gradient_histogram_every > 0`."""
+    return jax.pmap(functools.partial(train_step, intermediate_supervision=config.loss.intermediate_supervision,
+                                      record_gradients=config.training.get("gradient_histogram_every", 0) > 0),
                     axis_name="batch", donate_argnums=(0,))
 
 
@@ -270,15 +279,19 @@ def check_batch_sizes(t: ml_collections.ConfigDict) -> None:
 
 def restore_or_create(config: ml_collections.ConfigDict, workdir: str, mngr) -> tuple[train_state.TrainState, int]:
     """(state, step): the newest readable checkpoint (unreadable newer ones set aside), restored
-    into `state.abstract` (nothing initialised or compiled), or a new state at step 0."""
+    into `state.abstract` (nothing initialised or compiled), or a new state at step 0 (the
+    collections it shares with `training.init_from`'s checkpoint taken from there)."""
     restored, step, unreadable = checkpointing.restore_newest_readable(mngr, train_states.abstract(config))
     checkpointing.set_aside(mngr, workdir, unreadable)
     if step:
         logging.info("resumed from step %d in %s", step, mngr.directory)
         return restored, step
     init_rng, _ = jax.random.split(jax.random.key(config.seed))
-    logging.info("starting from step 0 (no checkpoint in %s)", mngr.directory)
-    return train_states.create(config, init_rng), 0
+    init_from = config.training.get("init_from", "")
+    shared = train_states.shared_params(config, init_from) if init_from else None
+    logging.info("starting from step 0 (no checkpoint in %s)%s", mngr.directory,
+                 f"; {', '.join(shared)} from {init_from}" if shared else "")
+    return train_states.create(config, init_rng, shared), 0
 
 
 def train(config: ml_collections.ConfigDict, state: train_state.TrainState, start_step: int, mngr,
@@ -299,6 +312,8 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
     meter = progress.Progress(t.num_steps, start_step)
     schedule = optimizers.schedule(config.optimizer)
     skipped = 0
+    # Gradient histograms (gradients.py), process 0; <workdir> is the checkpoints' parent.
+    recorder = gradients.recorder(config, state.params, os.path.dirname(str(mngr.directory)), start_step)
 
     def check_finite(step: int, metrics: dict) -> None:
         nonlocal skipped
@@ -318,6 +333,8 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
             for step in range(start_step + 1, t.num_steps + 1):
                 p_state, metrics = p_step(p_state, next(batches), p_rng)
                 meter.update(step)
+                if recorder:
+                    recorder.add(step, metrics["grad_histograms"])  # stays on the device till a period ends
                 if unchecked:
                     check_finite(*unchecked)  # the previous step: it has ended, this one is queued
                 unchecked = (step, metrics)
@@ -336,6 +353,8 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
                     checkpointing.save(mngr, step, flax.jax_utils.unreplicate(p_state))
                     logging.info("saving checkpoint %d in %s", step, mngr.directory)
                 if stop:
+                    if recorder:
+                        recorder.finish(step)
                     mngr.wait_until_finished()
                     logging.warning("preempted: stopped after step %d with checkpoint %s/%d; the same command "
                                     "continues the run", step, mngr.directory, step)
@@ -344,6 +363,8 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
                     held_out(step, flax.jax_utils.unreplicate(p_state))
     finally:
         batches.close()
+    if recorder:
+        logging.info("gradient histograms: %s", ", ".join(recorder.finish(t.num_steps)))
     if skipped:
         logging.warning("%d step(s) of this run were skipped as non-finite (training.nonfinite = 'skip')", skipped)
     return flax.jax_utils.unreplicate(p_state)
@@ -389,6 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if primary:
                 pictures = held_out.evaluator.write_pictures({"params": state.params}, workdir,
                                                              config.training.num_visualized)
+                pictures += gradients.pictures(config, workdir)  # gradients.png, drawn by `train`
             report = make_report(step, result, pictures)
             if primary:
                 with open(os.path.join(workdir, "metrics.json"), "w") as f:
@@ -410,9 +432,12 @@ def main(argv) -> None:
         raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
     configs.validate(FLAGS.config, registry.DATASETS)  # before JAX starts: a bad value fails at once
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)  # logs backend, devices
+    # Here: schemes imports this module, as cpm_jax.train (under `python -m` this one is __main__,
+    # so its Preempted is another class than the one that module raises).
+    from cpm_jax import schemes
     try:
-        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except Preempted as stop:       # asked to stop, checkpoint saved: a success (exit 0)
+        result = schemes.run(FLAGS.config, FLAGS.workdir)
+    except schemes.train.Preempted as stop:  # asked to stop, checkpoint saved: a success (exit 0)
         if jax.process_index() == 0:
             print(stop)
         return

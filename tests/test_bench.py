@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import cpm_jax
 from cpm_jax import bench, summary
 from tests.conftest import ROOT, python_env, tiny_config
 
@@ -43,6 +44,7 @@ def test_cli_prints_table_and_json_with_the_torch_peer():
 def test_without_torch_the_comparison_is_skipped_with_the_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     monkeypatch.delitem(sys.modules, "cpm_jax.torch_peer", raising=False)
+    monkeypatch.delattr(cpm_jax, "torch_peer", raising=False)  # imported earlier in this process
     out = bench.measure(tiny_config(), batch=4, steps=1, parts=("train",), compare="torch")
     assert "pip install -e '.[bench]'" in out["torch_skipped"]
     assert "train_ratio" not in out and out["train_images_per_s"] > 0
