@@ -378,5 +378,19 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dic
     read (or none matches config.model)."""
     from cpm_jax import state
     mngr, _ = open_latest(workdir)
-    restored, step = restore_latest(mngr, state.abstract(config))
+    try:
+        restored, step = restore_latest(mngr, state.abstract(config))
+    finally:
+        mngr.close()
     return {"params": restored.params}, step
+
+
+def restore_trained(workdir: str) -> tuple[ml_collections.ConfigDict, dict, int]:
+    """(the config `workdir` was trained with, {"params": ...} of its newest readable checkpoint,
+    that checkpoint's step). NoCheckpointError naming the directory when it has no checkpoint
+    (said before config.json is read), CheckpointError naming config.json or the unreadable
+    checkpoints otherwise."""
+    open_latest(workdir)[0].close()
+    config = read_config(workdir)
+    variables, step = restore_params(workdir, config)
+    return config, variables, step

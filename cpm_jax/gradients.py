@@ -31,15 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpm_jax import model as cpm_model
+
 EDGES = np.logspace(-12, 2, 57)  # |g| bin edges; see the module docstring for the end bins
 NPZ, PNG = "gradients.npz", "gradients.png"
 _INT32_MAX = np.iinfo(np.int32).max
-
-
-def _at(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def histograms(grads, paths: dict[str, tuple[str, ...]], edges: np.ndarray = EDGES) -> dict[str, jax.Array]:
@@ -49,7 +45,7 @@ def histograms(grads, paths: dict[str, tuple[str, ...]], edges: np.ndarray = EDG
     inner = jnp.asarray(np.asarray(edges)[1:-1], jnp.float32)
     out = {}
     for name, path in paths.items():
-        a = jnp.abs(jnp.asarray(_at(grads, path), jnp.float32)).ravel()
+        a = jnp.abs(jnp.asarray(cpm_model.at_path(grads, path), jnp.float32)).ravel()
         a = jnp.where(jnp.isnan(a), jnp.inf, a)
         index = jnp.searchsorted(inner, a, side="right")  # how many inner edges are <= |g|
         out[name] = jnp.bincount(index, length=len(edges) - 1).astype(jnp.int32)
@@ -199,7 +195,7 @@ def recorder(config, params, workdir: str, start_step: int) -> Recorder | None:
         return None
     from cpm_jax import train  # here: train imports this module
     convs = train.first_and_last_convs(params)
-    sizes = [int(np.prod(np.shape(_at(params, p)))) for p in convs.values()]
+    sizes = [int(np.prod(np.shape(cpm_model.at_path(params, p)))) for p in convs.values()]
     return Recorder(workdir, every, list(convs), [path_label(p) for p in convs.values()], sizes,
                     config.loss.intermediate_supervision, start_step)
 

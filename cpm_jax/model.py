@@ -141,3 +141,10 @@ def stage_parameter_groups(num_stages: int) -> list[tuple[str, ...]]:
         groups.append(("trunk", "stage2"))
     groups += [(f"stage{t}",) for t in range(3, num_stages + 1)]
     return groups
+
+
+def at_path(tree, path: tuple[str, ...]):
+    """The leaf (or subtree) of a parameter tree at `path`, e.g. ("stage1", "layers", "conv1", "kernel")."""
+    for key in path:
+        tree = tree[key]
+    return tree

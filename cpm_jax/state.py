@@ -42,9 +42,7 @@ def shared_params(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint, ConfigError if a shared collection's shapes differ or none is shared."""
     key = f"config.training.init_from = {workdir!r}"
     try:
-        checkpointing.open_latest(workdir)[0].close()  # no checkpoint: say so, before config.json
-        source = checkpointing.read_config(workdir)
-        params = checkpointing.restore_params(workdir, source)[0]["params"]
+        params = checkpointing.restore_trained(workdir)[1]["params"]
     except errors.CheckpointError as error:
         raise errors.CheckpointError(f"{key}: {error}") from error
     mine = abstract(config).params

@@ -154,11 +154,11 @@ def evaluate_checkpoint(workdir: str, step: int) -> dict | None:
     is no checkpoint of step `step`."""
     from cpm_jax import checkpointing, evaluators, train
     try:
-        _, newest = checkpointing.open_latest(workdir)
-        if newest != step:
+        mngr, newest = checkpointing.open_latest(workdir)
+        mngr.close()
+        if newest != step:      # unfinished: nothing to restore
             return None
-        config = checkpointing.read_config(workdir)
-        variables, restored = checkpointing.restore_params(workdir, config)
+        config, variables, restored = checkpointing.restore_trained(workdir)
     except errors.CheckpointError:
         return None
     if restored != step:        # the final checkpoint was unreadable: an older one was restored

@@ -78,7 +78,7 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
     convs = first_and_last_convs(grads)
     metrics.update(finite=finite, grads_finite=grads_finite, grad_norms={
-        name: jnp.sqrt(jnp.sum(jnp.square(_at(grads, path)))) for name, path in convs.items()})
+        name: jnp.sqrt(jnp.sum(jnp.square(cpm_model.at_path(grads, path)))) for name, path in convs.items()})
     if record_gradients:
         metrics["grad_histograms"] = jnp.stack(list(gradients.histograms(grads, convs).values()))
     return new_state, metrics
@@ -95,12 +95,6 @@ def parallel_train_step(config: ml_collections.ConfigDict):
 
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _at(tree, path: tuple[str, ...]):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 _SUBMODULES = ("layers", "features", "head")  # model.py's LayerStack names, input side first

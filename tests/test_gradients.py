@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import configs, errors, gradients, state as train_states, train
+from cpm_jax import configs, errors, gradients, model as cpm_model, state as train_states, train
 from data_pipelines import pipeline
 from tests.conftest import tiny_config
 
@@ -89,7 +89,7 @@ def test_tiny_run_writes_histograms_per_period_and_the_picture(tmp_path):
     assert list(data["names"]) == ["stage1_first", "stage1_last", "stage2_first", "stage2_last"]
     assert data["intermediate_supervision"] is False       # the run's loss.intermediate_supervision
     params = train_states.create(config, jax.random.key(0)).params
-    sizes = [np.prod(train._at(params, p).shape) for p in train.first_and_last_convs(params).values()]
+    sizes = [np.prod(cpm_model.at_path(params, p).shape) for p in train.first_and_last_convs(params).values()]
     np.testing.assert_array_equal(data["counts"].sum(-1), np.outer(data["period_steps"], sizes))
     png = tmp_path / "gradients.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
