@@ -58,6 +58,9 @@ def paper_data(dataset: str) -> ml_collections.ConfigDict:
         target_sigma=7.0,            # input pixels
         center_sigma=21.0,           # input pixels
         num_heldout=0,               # examples scored at the end of training; 0 = the whole split
+        # Datasets with a "heldout" split (lspet): the people whose 0-based index is a multiple
+        # of K form it and leave "train" (K = 10: 1,000 of LSPET's 10,000); 0 = no held-out split.
+        heldout_every=0,
         synthetic_image_size=160,    # canvas of the synthetic dataset, pixels
         # Which figures the synthetic dataset draws: example i of a split is rendered from
         # (synthetic_seed, split, i), so runs with the same seed see the same figures.
@@ -192,6 +195,14 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
               f"dataset {d.dataset!r} has splits {', '.join(dataset.splits)}")
         check(lambda: dataset.read is not None or d.num_heldout >= 1, "data.num_heldout", d.get("num_heldout"),
               "must be >= 1 for an endless (synthetic) dataset")
+        every = d.get("heldout_every", 0)
+        check(integer(every, 0), "data.heldout_every", every, "must be an integer >= 0 (0: no held-out split)")
+        check(not every or (dataset.read is not None and "heldout" in dataset.splits), "data.heldout_every", every,
+              f"dataset {d.dataset!r} has no held-out split to set aside (lspet has)")
+        check(not every or d.get("source", "files") == "files", "data.heldout_every", every,
+              "needs data.source='files' (a TFDS build holds the whole training split)")
+        check(d.get("eval_split") != "heldout" or every or dataset.read is None, "data.eval_split", "heldout",
+              "needs data.heldout_every >= 1 (which people to hold out)")
         check(lambda: 0.0 <= float(d.get("max_skipped_fraction", 0.1)) <= 1.0
               and not isinstance(d.get("max_skipped_fraction", 0.1), bool),
               "data.max_skipped_fraction", d.get("max_skipped_fraction"),

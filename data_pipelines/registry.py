@@ -15,6 +15,7 @@ import os
 from typing import Callable
 
 import ml_collections
+import numpy as np
 
 from cpm_jax import errors
 from data_pipelines import lsp, records, skeleton, sources
@@ -119,6 +120,19 @@ def _lsp_plus_lspet(data, split):
     return lsp.read(_path(data, "lsp"), "lsp", split, "lsp+lspet")
 
 
+def _lspet(data, split):
+    """LSPET's people; with data.heldout_every = K, those whose 0-based index is a multiple of K
+    are split "heldout" and the others "train" (without it, "train" is all of them)."""
+    people = lsp.read(_path(data, "lspet"), "lspet", "train", "lspet")
+    every = int(data.get("heldout_every", 0))
+    if every <= 0:
+        if split == "heldout":
+            raise errors.ConfigError("dataset 'lspet': split 'heldout' needs config.data.heldout_every >= 1")
+        return people
+    held = np.arange(len(people)) % every == 0
+    return people.take(np.flatnonzero(held if split == "heldout" else ~held))
+
+
 def _mpii(data, split):
     from data_pipelines import mpii
     return mpii.read(_path(data, "mpii"), split, data.get("mpii_validation_file") or None)
@@ -144,9 +158,8 @@ for _record in (
             lambda data, split: lsp.read(_path(data, "lsp"), "lsp", split, "lsp"),
             lambda split: [("lsp", split)], benchmark="lsp", person_rule="image",
             files={"train": ("paths.lsp",), "test": ("paths.lsp",)}),
-    Dataset("lspet", skeleton.LSP, ("train",), "train",
-            lambda data, split: lsp.read(_path(data, "lspet"), "lspet", split, "lspet"),
-            lambda split: [("lspet", split)], files={"train": ("paths.lspet",)}),
+    Dataset("lspet", skeleton.LSP, ("train", "heldout"), "train", _lspet,
+            lambda split: [("lspet", split)], files={"train": ("paths.lspet",), "heldout": ("paths.lspet",)}),
     Dataset("lsp+lspet", skeleton.LSP, ("train", "test"), "test", _lsp_plus_lspet,
             lambda split: [("lspet", "train"), ("lsp", "train")] if split == "train" else [("lsp", split)],
             benchmark="lsp", person_rule="image",

@@ -1,5 +1,6 @@
 """LSP and LSP Extended readers (data_pipelines/lsp.py, reference section 7) and the release's
 `insertMPILikeScale` (genJSON.m), on the real LSPET copy and on small files written here."""
+import re
 import warnings
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from cpm_jax.errors import BadExampleError, DataError
+from cpm_jax.errors import BadExampleError, ConfigError, DataError
 from data_pipelines import lsp, registry, sources
 from tests import images, mat_files
 from tests.conftest import require_shared, tiny_config
@@ -476,3 +477,50 @@ def test_registry_lsp_plus_lspet(tmp_path, small_lsp):
         assert first["image"].shape == (image.size[1], image.size[0], 3)
     assert last["image"].shape == (sizes[999][1], sizes[999][0], 3)
     assert registry.open_split(config.data, "test").size == 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# LSPET's held-out split (data.heldout_every): fixed by index, disjoint from training.
+
+def test_lspet_heldout_split_is_every_kth_person_and_leaves_train(tmp_path):
+    require_shared([images.LSPET_ROOT / "joints.mat", images.LSPET_ROOT / "images" / "im00001.jpg"],
+                   "the LSP Extended copy (shared/datasets/lspet)")
+    root = images.lspet_subset(tmp_path / "lspet", 30)
+    config = tiny_config()
+    config.data.dataset, config.data.paths.lspet = "lspet", str(root)
+    everyone = registry.get("lspet").read(config.data, "train")
+    assert len(everyone) == 30
+    with pytest.raises(ConfigError, match="heldout_every"):
+        registry.get("lspet").read(config.data, "heldout")
+
+    config.data.heldout_every = 10
+    heldout = registry.get("lspet").read(config.data, "heldout")
+    train = registry.get("lspet").read(config.data, "train")
+    assert list(heldout.image_paths) == [str(root / f"images/im{i:05d}.jpg") for i in (1, 11, 21)]
+    assert len(train) == 27 and not set(train.image_paths) & set(heldout.image_paths)
+    # The same people and scales as in the whole file (scaled together, then split).
+    np.testing.assert_array_equal(heldout.scale, everyone.scale[[0, 10, 20]])
+    np.testing.assert_array_equal(train.joints, everyone.joints[np.arange(30) % 10 != 0])
+    assert registry.open_split(config.data, "heldout").size == 3
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"heldout_every": -1}, "must be an integer >= 0"),
+    ({"heldout_every": 10, "source": "tfds"}, "needs data.source='files'"),
+    ({"eval_split": "heldout"}, "needs data.heldout_every >= 1"),
+])
+def test_heldout_config_errors_name_the_key(tmp_path, changes, message):
+    from cpm_jax import configs
+    config = tiny_config()
+    config.data.dataset, config.data.paths.lspet = "lspet", str(tmp_path)
+    config.data.update(changes)
+    with pytest.raises(ConfigError, match=rf"data\.(heldout_every|eval_split).*{re.escape(message)}"):
+        configs.validate(config, registry.DATASETS)
+
+
+def test_heldout_every_is_refused_where_there_is_no_heldout_split():
+    from cpm_jax import configs
+    config = tiny_config()          # synthetic: its "heldout" split is drawn, not set aside
+    config.data.heldout_every = 10
+    with pytest.raises(ConfigError, match=r"data\.heldout_every.*no held-out split"):
+        configs.validate(config, registry.DATASETS)
