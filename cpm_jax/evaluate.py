@@ -24,7 +24,7 @@ Output: a table, or with --json one JSON object as the last line: "total", "join
 Problems (a file that cannot be read, an unknown format, a wrong shape, a count that does not match
 the annotations, NaN) print a message naming the file and exit with status 1.
 
-    python -m cpm_jax.evaluate run --workdir DIR [--config EXPERIMENT.py] [--config.key=value ...] \\
+    python -m cpm_jax.evaluate run --workdir DIR|--pretrained NAME [--config EXPERIMENT.py] [--config.key=value] \\
         [--split test] [--stages all|last|1,3] [--scales 0.7,0.8,...,1.3] [--flip] [--subpixel] \\
         [--person image|annotated] [--count N] [--batch_size 4] [--out FILE] [--json]
 
@@ -50,6 +50,12 @@ default for lsp and lsp+lspet) or annotated (the record's centre and scale: MPII
 1.171 / scale, FLIC's torso box; default otherwise). --count N evaluates the first N examples
 (`score` then needs --allow_subset). Errors (no checkpoint, unknown split, bad stages) print a
 message naming the directory or value and exit with status 1 (a traceback with -v 1).
+
+    python -m cpm_jax.evaluate mean_pose --config EXPERIMENT.py [--split S] [--count N] [--json]
+
+`mean_pose` scores the baseline a model must beat, the way training's evaluator scores a model:
+the mean of the training split's labelled joints in its canonical crops (crop pixels), placed in
+every canonical crop of the evaluation split and mapped back to the image (evaluators.MeanPoseEvaluator).
 
 Each dataset's metric, person rule and score command come from its registry record
 (data_pipelines/registry.py). Scoring and tables live in cpm_jax/scoring.py, the annotation
@@ -125,29 +131,31 @@ def _stage_paths(out: str | None, workdir: str, dataset: str, split: str, stages
     return {t: f"{stem}_stage{t}{ext}" for t in stages}
 
 
-def model_mismatch(workdir: str, config) -> str | None:
+def model_mismatch(workdir: str | None, config, saved: dict | None = None) -> str | None:
     """The keys of config.model that change the network and differ from the config the workdir
-    was trained with, described; None when they agree or the workdir has no config."""
+    (or a pretrained model: `saved`) was trained with, described; None when they agree or the
+    workdir has no config."""
     from cpm_jax import checkpointing, errors
     exempt = tuple(f"model.{k}" for k in ("dtype", "dropout_rate", "kernel_init", "output_init"))
     try:
-        changes = checkpointing.config_changes(workdir, config, exempt, within="model.")
+        changes = checkpointing.config_changes(workdir, config, exempt, within="model.", saved=saved)
     except errors.CheckpointError:
         return None
     return "; ".join(f"{key}: {new!r} (checkpoint: {old!r})" for key, old, new in changes) or None
 
 
-def run_workdir(config, workdir: str, split: str | None = None, stages: str = "all", options=None,
+def run_workdir(config, workdir: str | None, split: str | None = None, stages: str = "all", options=None,
                 count: int = 0, person: str | None = None, out: str | None = None, workers: int = 4,
-                config_source: str = "", progress_every: float = 5.0) -> dict:
-    """The multi-scale evaluator with the newest checkpoint of `workdir`: writes one project
-    prediction file per evaluated stage and returns `scoring.run_report` (what `run --json`
-    prints). `options`: multiscale.Options (its stages are replaced by `stages`)."""
+                config_source: str = "", progress_every: float = 5.0, pretrained_name: str | None = None) -> dict:
+    """The multi-scale evaluator with the newest checkpoint of `workdir` (or the shipped model
+    `pretrained_name`, whose files then go to runs/pretrained/<name>/predictions by default):
+    writes one project prediction file per evaluated stage and returns `scoring.run_report`
+    (what `run --json` prints). `options`: multiscale.Options (its stages are replaced by `stages`)."""
     import dataclasses
 
     import jax
 
-    from cpm_jax import checkpointing, configs, evaluators, multiscale, prediction_files, progress
+    from cpm_jax import checkpointing, configs, evaluators, multiscale, prediction_files, pretrained, progress
     from data_pipelines import registry
 
     configs.validate(config, registry.DATASETS, splits=(split or registry.eval_split(config.data),))
@@ -162,13 +170,20 @@ def run_workdir(config, workdir: str, split: str | None = None, stages: str = "a
             print(f"evaluate run: {done}/{total} examples  {bar.describe()}", file=sys.stderr, flush=True)
 
     evaluator = evaluators.MultiScaleEvaluator(config, split, count, options, person, workers, on_progress)
-    variables, step = checkpointing.restore_params(workdir, config)
+    if pretrained_name is None:
+        variables, step = checkpointing.restore_params(workdir, config)
+        origin = workdir
+    else:
+        _, variables, record = pretrained.load(pretrained_name)
+        step, origin = record["source"]["step"], f"pretrained model {pretrained_name}"
+        workdir = os.path.join("runs", "pretrained", os.path.basename(pretrained.paths(pretrained_name)[0])[:-4])
     print(f"evaluate run: {config.data.dataset} {evaluator.split}: {evaluator.count} examples, checkpoint "
-          f"step {step} of {workdir}, devices {jax.devices()}", file=sys.stderr, flush=True)
+          f"step {step} of {origin}, devices {jax.devices()}", file=sys.stderr, flush=True)
     result = evaluator.run(variables)
     p = result.predictions
     names = registry.get(result.dataset).skeleton.joint_names
-    info = {"checkpoint": f"{os.path.abspath(workdir)} step {step}", "config": config_source,
+    info = {"checkpoint": f"{os.path.abspath(workdir) if pretrained_name is None else origin} step {step}",
+            "config": config_source,
             "procedure": "multi-scale test (reference section 5)",
             "scales": ",".join(f"{s:g}" for s in options.scales), "flip": str(options.flip),
             "subpixel": str(options.subpixel), "person": evaluator.person}
@@ -180,7 +195,7 @@ def run_workdir(config, workdir: str, split: str | None = None, stages: str = "a
     procedure = {"scales": list(options.scales), "flip": options.flip, "subpixel": options.subpixel,
                  "person": evaluator.person, "batch_size": options.batch_size}
     from cpm_jax import scoring
-    return scoring.run_report(result, workdir, step, procedure, files)
+    return scoring.run_report(result, origin, step, procedure, files)
 
 
 def _define_run_flags(argv) -> Callable:
@@ -194,9 +209,12 @@ def _define_run_flags(argv) -> Callable:
 
     from cpm_jax import checkpointing, errors, multiscale
 
+    from cpm_jax import pretrained
+
     early = flags.FlagValues()
     flags.DEFINE_string("config", None, "", flag_values=early)
     flags.DEFINE_string("workdir", None, "", flag_values=early)
+    flags.DEFINE_string("pretrained", None, "", flag_values=early)
     early(argv, known_only=True)
     help_text = ("Experiment config file (experiments/*.py); default: the workdir's config.json, the "
                  "config the checkpoint was trained with. Override keys with --config.key=value "
@@ -206,13 +224,18 @@ def _define_run_flags(argv) -> Callable:
         config_flags.DEFINE_config_file("config", None, help_text)
     else:
         saved = ml_collections.ConfigDict()
-        if early.workdir:
-            try:
+        try:
+            if early.pretrained:
+                saved = ml_collections.ConfigDict(pretrained.read_info(early.pretrained)["config"])
+            elif early.workdir:
                 saved = checkpointing.read_config(early.workdir)
-            except errors.CheckpointError as error:
-                saved_error = errors.CheckpointError(f"{error}; pass the experiment with --config")
+        except errors.CheckpointError as error:
+            saved_error = error if early.pretrained else errors.CheckpointError(
+                f"{error}; pass the experiment with --config")
         config_flags.DEFINE_config_dict("config", saved, help_text)
     flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint is evaluated.")
+    flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped in pretrained/ by name "
+                        "(e.g. lspet_cpu) or the path of its .npz; its files go to runs/pretrained/<name>.")
     flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split or the "
                         "dataset's evaluation split: test, valid, heldout).")
     flags.DEFINE_string("stages", "all", "Stages to evaluate: all, last, or 1-based numbers such as 1,3.")
@@ -227,7 +250,7 @@ def _define_run_flags(argv) -> Callable:
     flags.DEFINE_string("out", None, "Prediction file (project .npz); with several stages one file per "
                         "stage, <stem>_stage<t>.npz. Default: <workdir>/predictions/<dataset>_<split>_stage<t>.npz.")
     flags.DEFINE_bool("json", False, "Print one JSON object (the last line) instead of a table.")
-    flags.mark_flags_as_required(["workdir"])
+    flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
     return functools.partial(run_main, experiment=early.config, saved_error=saved_error)
 
 
@@ -238,24 +261,63 @@ def run_main(argv, experiment: str | None = None, saved_error: Exception | None 
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if saved_error is not None:
         raise saved_error
+    from cpm_jax import pretrained
     config = FLAGS.config
-    if experiment is not None:
-        mismatch = model_mismatch(FLAGS.workdir, config)
+    trained = pretrained.read_info(FLAGS.pretrained)["config"] if FLAGS.pretrained else None
+    if experiment is not None or trained is not None:
+        mismatch = model_mismatch(FLAGS.workdir, config, saved=trained)
         if mismatch:
-            raise errors.ConfigError(f"--config {experiment} does not describe the network trained in "
-                                     f"{FLAGS.workdir}: {mismatch}")
+            raise errors.ConfigError(f"--config {experiment or '(overrides)'} does not describe the network "
+                                     f"trained in {FLAGS.workdir or FLAGS.pretrained}: {mismatch}")
     options = multiscale.Options(scales=multiscale.parse_scales(FLAGS.scales), flip=FLAGS.flip,
                                  subpixel=FLAGS.subpixel, batch_size=FLAGS.batch_size)
+    source = experiment or (f"pretrained/{FLAGS.pretrained}.json" if FLAGS.pretrained
+                            else os.path.join(FLAGS.workdir, "config.json"))
     report = run_workdir(config, FLAGS.workdir, FLAGS.split, FLAGS.stages, options, FLAGS.count,
-                         FLAGS.person, FLAGS.out, FLAGS.workers,
-                         config_source=experiment or os.path.join(FLAGS.workdir, "config.json"))
+                         FLAGS.person, FLAGS.out, FLAGS.workers, config_source=source,
+                         pretrained_name=FLAGS.pretrained)
     print(json.dumps(report) if FLAGS.json else scoring.format_run_table(report))
+
+
+def _define_mean_pose_flags(argv) -> Callable:
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).")
+    flags.DEFINE_string("split", None, "Split to score (default: the config's evaluation split).")
+    flags.DEFINE_integer("count", 0, "Score the first COUNT examples (0: the config's data.num_heldout, else all).")
+    flags.DEFINE_bool("json", False, "Print one JSON object (the last line) instead of a table.")
+    flags.mark_flags_as_required(["config"])
+    return mean_pose_main
+
+
+def mean_pose_main(argv) -> None:
+    """The mean-pose baseline of `--config`: its training crops' mean pose in every canonical crop."""
+    from absl import app
+    from cpm_jax import configs, evaluators
+    from data_pipelines import registry
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    evaluator = evaluators.MeanPoseEvaluator(config, FLAGS.split, FLAGS.count)
+    configs.validate(config, registry.DATASETS, splits=("train", evaluator.split))
+    result = evaluator.run()
+    scores = result.per_stage[0]
+    report = {"dataset": result.dataset, "split": result.split, "num_examples": len(result.predictions),
+              "metric": result.label, "baseline": "mean pose of the training crops",
+              "total": scores["total"], "parts": scores["parts"], "seconds": result.seconds}
+    if FLAGS.json:
+        print(json.dumps(report))
+        return
+    parts = "  ".join(f"{k} {v:.3f}" for k, v in scores["parts"].items() if v is not None)
+    print(f"{result.dataset} {result.split}: {len(result.predictions)} examples; mean-pose baseline "
+          f"{result.label} {scores['total']:.3f}  ({parts})")
 
 
 SUBCOMMANDS: dict[str, tuple[Callable, str]] = {
     "score": (_define_score_flags, "score a prediction file against official annotations"),
     "run": (_define_run_flags, "run the multi-scale test of a workdir's checkpoint over a split: files + "
                                "PCK per stage"),
+    "mean_pose": (_define_mean_pose_flags, "score the mean-pose baseline (no model) the way training scores "
+                                           "a model"),
 }
 
 
@@ -275,7 +337,7 @@ def main(argv: list[str]) -> None:
     if name not in SUBCOMMANDS:
         print((f"unknown subcommand {name!r}\n" if name else "no subcommand\n") + _usage(), file=sys.stderr)
         sys.exit(1)
-    runtime.setup(tensorflow=name == "run")
+    runtime.setup(tensorflow=name in ("run", "mean_pose"))
     rest = [f"{argv[0]} {name}", *argv[2:]]
     cli.run(SUBCOMMANDS[name][0](rest), argv=rest)
 

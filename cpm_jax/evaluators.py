@@ -12,6 +12,8 @@ call them:
   multiscale  the release's test procedure (multiscale.py, reference section 5): scales
               0.7..1.3 around the person placed by the dataset's rule, chosen stages, maps
               resampled to original pixels: `evaluate run`.
+  mean_pose   no model: the training crops' mean pose placed in every canonical crop, the
+              baseline a model must beat (`evaluate mean_pose`).
 
 Both score predictions in ORIGINAL-image pixels against the records' own labels with the
 dataset's metric (`registry.Dataset.metric`: the benchmark's PCK/PCKh, or LSP-style PCK over
@@ -96,6 +98,19 @@ def _result(config, split, predictions: StagePredictions, skipped: int, started:
                   predictions, skipped, time.perf_counter() - started)
 
 
+def canonical_crops(config: ml_collections.ConfigDict, split: str, count: int):
+    """The evaluation pipeline's batches of `split` on one device, without padding: dicts of
+    (B, ...) arrays (images (B, H, W, 3), joints in crop pixels, crop_to_image affines, ...)."""
+    from data_pipelines import pipeline
+    batches = pipeline.eval_batches(config, 1, split, count)
+    try:
+        for batch in batches:
+            valid = batch["valid"][0]
+            yield jax.tree.map(lambda x: x[0][valid], batch)
+    finally:
+        batches.close()
+
+
 class CropEvaluator:
     """Every stage on one canonical crop per example of `split` (default: the dataset's
     evaluation split), the first `count` examples (default: data.num_heldout, else the whole
@@ -141,22 +156,25 @@ class CropEvaluator:
         started = time.perf_counter()
         return _result(self.config, self.split, self.predict(variables), 0, started)
 
+    def beliefs(self, variables, num: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict]:
+        """The first `num` crops of the split through the network: (crops, uint8 (H, W, 3) each;
+        beliefs (num, T, H/8, W/8, P+1); joints (num, T, P, 2) per stage in crop pixels; the
+        batch's other fields, e.g. "joints" and "visibility" of the ground truth)."""
+        from cpm_jax import visualize
+        parts = list(canonical_crops(self.config, self.split, num))
+        batch = {k: np.concatenate([p[k] for p in parts])[:num] for k in parts[0]}
+        model = cpm_model.CPM(self.config.model)
+        beliefs = np.asarray(model.apply(variables, batch["image"], batch["center_map"], train=False))
+        joints, _ = jax.device_get(decoding.stage_joints(beliefs))
+        return [visualize.to_uint8(im) for im in batch["image"]], beliefs, np.asarray(joints), batch
+
     def write_pictures(self, variables, out: str, num: int) -> list[str]:
         """skeletons.png: the first `num` crops with final-stage skeletons (dotted: ground truth,
         labelled joints only); beliefs_by_stage.png: the first crop's belief maps, stage by stage."""
         import os
 
         from cpm_jax import visualize
-        from data_pipelines import pipeline
-        batches = pipeline.eval_batches(self.config, 1, self.split, num)
-        try:
-            batch = jax.tree.map(lambda x: x[0, :num], next(batches))
-        finally:
-            batches.close()
-        model = cpm_model.CPM(self.config.model)
-        beliefs = np.asarray(model.apply(variables, batch["image"], batch["center_map"], train=False))
-        joints, _ = jax.device_get(decoding.stage_joints(beliefs))
-        images = [visualize.to_uint8(im) for im in batch["image"]]
+        images, beliefs, joints, batch = self.beliefs(variables, num)
         order = registry.get(self.config.data.dataset).skeleton
         truth = np.where(batch["visibility"][..., None] > 0, batch["joints"], np.nan)
         paths = [os.path.join(out, "skeletons.png"), os.path.join(out, "beliefs_by_stage.png")]
@@ -219,7 +237,48 @@ class MultiScaleEvaluator:
         return _result(self.config, self.split, predictions, self.skipped, started)
 
 
-EVALUATORS = {"crops": CropEvaluator, "multiscale": MultiScaleEvaluator}
+class MeanPoseEvaluator:
+    """The mean-pose baseline, scored as CropEvaluator scores a model: the mean of the labelled
+    joints of `fit_split`'s canonical crops (crop pixels; default the training split) is the
+    prediction for every crop of `split`, mapped back to its image. `run` ignores its argument
+    (no model) and returns a one-"stage" Result (stage 0)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, split: str | None = None, count: int = 0,
+                 fit_split: str = "train", fit_count: int = 0):
+        self.config = config
+        self.split = split or registry.eval_split(config.data)
+        self.count = count or int(config.data.get("num_heldout", 0))
+        self.fit_split, self.fit_count = fit_split, fit_count
+
+    def mean_pose(self) -> np.ndarray:
+        """(P, 2) crop pixels: each joint's mean over the crops where it is labelled."""
+        total, labelled = 0.0, 0.0
+        for batch in canonical_crops(self.config, self.fit_split, self.fit_count):
+            mask = (batch["visibility"] > 0)[..., None]
+            total = total + np.where(mask, batch["joints"], 0.0).sum(0)
+            labelled = labelled + mask.sum(0)
+        if np.any(labelled == 0):
+            raise errors.DataError(f"{self.config.data.dataset} {self.fit_split}: a joint is never labelled")
+        return total / labelled
+
+    def predict(self, variables=None) -> StagePredictions:
+        mean = self.mean_pose()
+        out = {k: [] for k in ("pred", "gt", "visibility", "head_box", "index")}
+        for batch in canonical_crops(self.config, self.split, self.count):
+            crops = np.broadcast_to(mean, (len(batch["index"]), 1) + mean.shape)
+            out["pred"].append(decoding.crop_to_image(crops, batch["crop_to_image"]))
+            for key, field in (("gt", "image_joints"), ("visibility", "visibility"),
+                               ("head_box", "head_box"), ("index", "index")):
+                out[key].append(batch[field])
+        arrays = {k: np.concatenate(v) for k, v in out.items()}
+        return StagePredictions((0,), peak=np.ones(arrays["pred"].shape[:3], np.float32), **arrays)
+
+    def run(self, variables=None) -> Result:
+        started = time.perf_counter()
+        return _result(self.config, self.split, self.predict(), 0, started)
+
+
+EVALUATORS = {"crops": CropEvaluator, "multiscale": MultiScaleEvaluator, "mean_pose": MeanPoseEvaluator}
 
 
 def get(name: str):

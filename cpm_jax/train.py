@@ -260,6 +260,7 @@ def make_report(step: int, result: "evaluators.Result", pictures: list[str]) -> 
         "step": step, "dataset": result.dataset, "split": result.split,
         "num_examples": len(result.predictions), "metric": result.label,
         f"{result.label.lower()}_per_stage": result.totals,
+        "parts_per_stage": [r["parts"] for r in result.per_stage],
         "final_stage": result.per_stage[-1], "pictures": pictures,
     }
 

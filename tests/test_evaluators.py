@@ -1,14 +1,17 @@
 """The evaluators that training, `evaluate run` and the sweep share, and the one-record promise:
 registering a dataset record is all that train, evaluate run, evaluate score and predict need."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from cpm_jax import evaluate, evaluators, predict, scoring, train
+from cpm_jax import evaluate, evaluators, metrics, predict, scoring, train
 from data_pipelines import lsp, registry, skeleton
 from tests import images
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, python_env, tiny_config
 
 
 def test_crop_evaluator_scores_joints_in_original_image_pixels():
@@ -51,6 +54,42 @@ def test_crop_evaluator_scores_joints_in_original_image_pixels():
     assert result.label == "PCK@0.2" and result.metric == "labelled"
     assert result.totals == [pytest.approx(hits / counted)] * stages
     assert result.per_stage[0]["counted"] == counted
+
+
+def test_mean_pose_baseline_is_the_training_crops_mean_in_every_crop():
+    """The baseline's pose, mapped back into each held-out crop, is the mean of the training
+    crops' labelled joints worked out here; its score is the metric of that prediction."""
+    config = tiny_config()
+    config.data.num_heldout = 5
+    baseline = evaluators.MeanPoseEvaluator(config, fit_count=12)
+    crops = [b for b in evaluators.canonical_crops(config, "train", 12)]
+    joints = np.concatenate([b["joints"] for b in crops])
+    labelled = np.concatenate([b["visibility"] for b in crops]) > 0
+    want = np.nansum(np.where(labelled[..., None], joints, np.nan), 0) / labelled.sum(0)[:, None]
+    np.testing.assert_allclose(baseline.mean_pose(), want, rtol=1e-6)
+
+    result = baseline.run()
+    held = np.concatenate([b["crop_to_image"] for b in evaluators.canonical_crops(config, "heldout", 5)])
+    inverse = np.linalg.inv(np.concatenate([held, np.tile([[[0, 0, 1]]], (5, 1, 1))], 1))[:, :2]
+    back = np.einsum("bij,bpj->bpi", inverse[..., :2], result.predictions.pred[:, 0]) + inverse[:, None, :, 2]
+    np.testing.assert_allclose(back, np.broadcast_to(want, back.shape), atol=1e-3)
+    assert result.stages == (0,) and len(result.predictions) == 5
+    p = result.predictions
+    expected = metrics.score(registry.get("synthetic").metric, p.pred[:, 0], p.gt, None,
+                                     p.visibility > 0, p.head_box)
+    assert result.totals == [pytest.approx(expected["total"])] and 0.0 <= result.totals[0] < 1.0
+
+
+def test_mean_pose_through_the_cli():
+    command = [sys.executable, "-m", "cpm_jax.evaluate", "mean_pose", "--config", "tests/tiny_experiment.py",
+               "--count", "3", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["num_examples"] == 3 and 0.0 <= report["total"] <= 1.0 and "wrist" in report["parts"]
+    result = subprocess.run(command + ["--config.data.heldout_every=2"], capture_output=True, text=True,
+                            env=python_env(), cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "config.data.heldout_every" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.fixture
