@@ -268,12 +268,13 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
             "workdir's values.")
 
 
-def config_changes(workdir: str, config: ml_collections.ConfigDict, exempt: tuple[str, ...] = (),
-                   within: str = "") -> list[tuple[str, object, object]]:
-    """(dotted key, value in the workdir's config.json, value in `config`) of every key both have
-    that starts with `within` and differs, except the keys (or key prefixes) in `exempt`. The one
-    comparison behind `check_same_run` (resume) and `evaluate run --config` (same network)."""
-    saved = _flatten(_read_config_json(workdir))
+def config_changes(workdir: str | None, config: ml_collections.ConfigDict, exempt: tuple[str, ...] = (),
+                   within: str = "", saved: dict | None = None) -> list[tuple[str, object, object]]:
+    """(dotted key, value in the workdir's config.json (or in `saved`), value in `config`) of
+    every key both have that starts with `within` and differs, except the keys (or key prefixes)
+    in `exempt`. The one comparison behind `check_same_run` (resume) and `evaluate run --config`
+    (same network)."""
+    saved = _flatten(_read_config_json(workdir) if saved is None else saved)
     now = _flatten(json.loads(config.to_json_best_effort()))
     return [(key, saved[key], now[key]) for key in sorted(saved.keys() & now.keys())
             if key.startswith(within) and saved[key] != now[key]

@@ -2,12 +2,14 @@
 
     python -m cpm_jax.predict --workdir runs/lsp photo.jpg [more.jpg ...] \\
         [--center X,Y] [--scale S] [--out DIR] [--scales 0.7,0.8,...] [--flip] [--subpixel]
+    python -m cpm_jax.predict --pretrained lspet_cpu photo.jpg ...    # a model shipped in pretrained/
 
 Runs the release's multi-scale test (cpm_jax/multiscale.py, reference section 5) on each image and
 prints ONE JSON object on stdout:
 
-  {"workdir", "checkpoint_step", "dataset" (the joint order's dataset), "stage" (the stage whose
-   joints are listed: the last), "scales", "flip", "subpixel",
+  {"workdir", "pretrained" (one of the two is null), "checkpoint_step", "dataset" (the joint
+   order's dataset), "stage" (the stage whose joints are listed: the last), "scales", "flip",
+   "subpixel",
    "images": [{"image", "width", "height", "center" [x, y], "base_factor", "person" (how the
                centre and size were chosen), "picture" (the PNG),
                "joints": [{"name", "x", "y", "belief"}, ...]}]}
@@ -36,6 +38,7 @@ import os
 import sys
 import time
 
+import ml_collections
 import numpy as np
 from absl import flags
 
@@ -90,25 +93,36 @@ def _picture_path(out: str, image_path: str, taken: set) -> str:
     return path
 
 
-def predict_images(workdir: str, paths: list[str], center: tuple[float, float] | None = None,
+def predict_images(workdir: str | None, paths: list[str], center: tuple[float, float] | None = None,
                    scale: float | None = None, out: str = "predict_out", options=None,
-                   max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None) -> dict:
+                   max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None,
+                   pretrained_name: str | None = None) -> dict:
     """The report printed by the command line (see the module docstring); writes the PNGs.
-    `log(line)` receives a progress line per image (default: stderr)."""
-    from cpm_jax import checkpointing, multiscale, visualize
+    The model: the newest checkpoint of `workdir`, or the shipped model `pretrained_name`
+    (cpm_jax/pretrained.py). `log(line)` receives a progress line per image (default: stderr)."""
+    from cpm_jax import checkpointing, multiscale, pretrained, visualize
     from data_pipelines import registry
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     if not paths:
         raise errors.InputError("no image given: python -m cpm_jax.predict --workdir DIR IMAGE...")
+    if (workdir is None) == (pretrained_name is None):
+        raise errors.InputError("give the model with exactly one of --workdir DIR and --pretrained NAME")
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise errors.InputError(f"--scale {scale}: the person's size in pixels must be > 0")
-    checkpointing.open_latest(workdir)                # NoCheckpointError naming the directory
-    config = checkpointing.read_config(workdir)      # CheckpointError naming config.json
-    images = [load_image(p) for p in paths]           # fail on a bad file before the model loads
+    if workdir is not None:
+        checkpointing.open_latest(workdir)                # NoCheckpointError naming the directory
+        config = checkpointing.read_config(workdir)      # CheckpointError naming config.json
+    else:
+        config = ml_collections.ConfigDict(pretrained.read_info(pretrained_name)["config"])
+    images = [load_image(p) for p in paths]               # fail on a bad file before the model loads
     size = config.model.input_size
     placed = [multiscale.place_person(image.shape, config.data, size, center, scale) for image in images]
-    variables, step = checkpointing.restore_params(workdir, config)
+    if workdir is not None:
+        variables, step = checkpointing.restore_params(workdir, config)
+    else:                                                 # CheckpointError: missing, corrupt
+        config, variables, info = pretrained.load(pretrained_name)
+        step = info["source"]["step"]
     num_stages = config.model.num_stages
     options = options or multiscale.Options()
     options = multiscale.Options(scales=options.scales, stages=tuple(range(1, num_stages + 1)),
@@ -140,7 +154,8 @@ def predict_images(workdir: str, paths: list[str], center: tuple[float, float] |
             "joints": [{"name": name, "x": float(x), "y": float(y), "belief": float(b)}
                        for name, (x, y), b in zip(order.joint_names, joints[-1], peak[-1])],
         })
-    return {"workdir": workdir, "checkpoint_step": int(step), "dataset": config.data.dataset,
+    return {"workdir": workdir, "pretrained": pretrained_name, "checkpoint_step": int(step),
+            "dataset": config.data.dataset,
             "stage": num_stages, "scales": list(options.scales), "flip": options.flip,
             "subpixel": options.subpixel, "images": results}
 
@@ -151,7 +166,7 @@ def main(argv) -> None:
     options = multiscale.Options(scales=multiscale.parse_scales(FLAGS.scales), flip=FLAGS.flip,
                                  subpixel=FLAGS.subpixel)
     report = predict_images(FLAGS.workdir, list(argv[1:]), center, FLAGS.scale, FLAGS.out, options,
-                            max_image_side=FLAGS.max_image_side)
+                            max_image_side=FLAGS.max_image_side, pretrained_name=FLAGS.pretrained)
     print(json.dumps(report, indent=2))
 
 
@@ -162,6 +177,8 @@ if __name__ == "__main__":
     runtime.setup()
     from cpm_jax import multiscale
     flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint and config.json.")
+    flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped in pretrained/ by "
+                        "name (e.g. lspet_cpu), or the path of its .npz.")
     flags.DEFINE_string("center", None, "The person's centre X,Y in pixels (default: the image centre).")
     flags.DEFINE_float("scale", None, "The person's size in pixels, about their height (the records' "
                        "scale: 200 x MPII's); default: the image height rule (0.8 x input / height).")
@@ -169,5 +186,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "Photos larger than this (px, longer side) "
                          "are resized to it first; joints are reported in the photo's own pixels.")
     multiscale.define_flags()
-    flags.mark_flags_as_required(["workdir"])
+    flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
     cli.run(main)

@@ -1,0 +1,108 @@
+"""Shipped models (cpm_jax/pretrained.py): export a tiny trained workdir, load it back exactly,
+use it through `predict --pretrained` and `evaluate run --pretrained`, and refuse a missing,
+corrupt or mismatched file with a message naming it. The model shipped in pretrained/ must
+reproduce the joints recorded beside it."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from cpm_jax import checkpointing, errors, pretrained
+from tests import images
+from tests.conftest import ROOT, python_env, require_shared, trained_tiny_workdir
+
+
+def cli(module: str, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)],
+                          capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """(directory, name) of a tiny model exported from a 2-step workdir."""
+    workdir = trained_tiny_workdir(tmp_path_factory.mktemp("tiny_pretrained"))
+    directory = tmp_path_factory.mktemp("shipped")
+    pretrained.export(str(workdir), "tiny", str(directory), note="2 steps of the tests' tiny CPM")
+    return str(directory), "tiny", str(workdir)
+
+
+def copy_model(directory: str, to) -> None:
+    for suffix in (".npz", ".json"):
+        shutil.copy(os.path.join(directory, f"tiny{suffix}"), to / f"tiny{suffix}")
+
+
+def test_export_then_load_gives_the_checkpoint_rounded_to_float16(shipped):
+    directory, name, workdir = shipped
+    config, variables, info = pretrained.load(name, directory)
+    _, trained, step = checkpointing.restore_trained(workdir)
+    assert info["source"]["step"] == step == 2 and info["dtype"] == "float16"
+    assert config.model.to_dict() == checkpointing.read_config(workdir).model.to_dict()
+    flat_loaded = traverse_util.flatten_dict(variables)
+    flat_trained = traverse_util.flatten_dict(trained)
+    assert flat_loaded.keys() == flat_trained.keys()
+    for key, value in flat_trained.items():
+        assert flat_loaded[key].dtype == np.float32
+        np.testing.assert_array_equal(flat_loaded[key], np.asarray(value).astype(np.float16).astype(np.float32))
+    assert info["sha256"] == pretrained.sha256(os.path.join(directory, "tiny.npz"))
+
+
+def test_loading_reproduces_the_recorded_joints_exactly(shipped):
+    directory, name, _ = shipped
+    same, recomputed, recorded = pretrained.check(name, directory)
+    assert same and recomputed.shape == (pretrained.CHECK_EXAMPLES, 2, 14, 2)
+    assert np.isfinite(recorded).all()
+
+
+def test_a_missing_or_corrupt_file_is_named(shipped, tmp_path):
+    directory, name, _ = shipped
+    with pytest.raises(errors.NoCheckpointError, match=r"nothing\.json does not exist; shipped: tiny"):
+        pretrained.load("nothing", directory)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    copy_model(directory, broken)
+    data = bytearray((broken / "tiny.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "tiny.npz").write_bytes(bytes(data))
+    with pytest.raises(errors.CheckpointError, match=rf"{broken / 'tiny.npz'} is corrupt or not the shipped file"):
+        pretrained.load("tiny", str(broken))
+    os.remove(broken / "tiny.npz")
+    with pytest.raises(errors.NoCheckpointError, match=rf"{broken / 'tiny.npz'} does not exist"):
+        pretrained.load("tiny", str(broken))
+
+
+def test_predict_and_evaluate_with_pretrained_through_the_cli(shipped, tmp_path):
+    directory, name, _ = shipped
+    npz = os.path.join(directory, "tiny.npz")
+    photo = images.write_jpeg(tmp_path / "me.jpg", images.gradient(90, 140))
+    result = cli("cpm_jax.predict", "--pretrained", npz, "--out", tmp_path / "out", "--scales", "1", photo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["pretrained"] == npz and report["workdir"] is None and report["checkpoint_step"] == 2
+    xy = np.array([[j["x"], j["y"]] for j in report["images"][0]["joints"]])
+    assert xy.shape == (14, 2) and (xy >= 0).all() and (xy[:, 0] <= 139).all() and (xy[:, 1] <= 89).all()
+
+    result = cli("cpm_jax.evaluate", "run", "--pretrained", npz, "--count", "2", "--scales", "1",
+                 "--out", tmp_path / "pred.npz", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    assert run["workdir"] == f"pretrained model {npz}" and run["num_examples"] == 2
+    assert [s["stage"] for s in run["per_stage"]] == [1, 2]
+
+    # Corrupt: one line naming the file, exit status 1, for both commands.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    copy_model(directory, bad)
+    (bad / "tiny.npz").write_bytes(b"not a zip file")
+    for command in (("cpm_jax.predict", "--pretrained", bad / "tiny.npz", photo),
+                    ("cpm_jax.evaluate", "run", "--pretrained", bad / "tiny.npz", "--count", "1")):
+        result = cli(*command)
+        assert result.returncode == 1, (command, result.stderr[-2000:])
+        assert f"{bad / 'tiny.npz'} is corrupt or not the shipped file" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    result = cli("cpm_jax.predict", "--pretrained", "no_such_model", photo)
+    assert result.returncode == 1 and "no_such_model.json does not exist" in result.stderr, result.stderr[-2000:]
