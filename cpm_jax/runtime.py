@@ -138,7 +138,10 @@ def _quiet_missing_libtpu_notice() -> None:
 
 def _use_agg() -> None:
     """Agg for anything that draws through pyplot (this project draws on `Figure`s and needs no
-    backend). matplotlib takes MPLBACKEND at import; once it is imported, `matplotlib.use`."""
+    backend). matplotlib takes MPLBACKEND at import; once it is imported, `matplotlib.use`.
+    A notebook's kernel keeps its own (inline) backend."""
+    if "ipykernel" in sys.modules:
+        return
     if "matplotlib" in sys.modules:
         sys.modules["matplotlib"].use("Agg")
     else:

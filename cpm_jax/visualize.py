@@ -6,6 +6,7 @@ a test or a notebook whatever backend is active there, leaves no figure in pyplo
 `plt.close`, nothing shown inline) and is safe from threads. Importing this module sets nothing.
 """
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from data_pipelines import skeleton
@@ -65,18 +66,20 @@ def overlay_heatmap(ax, image: np.ndarray, heatmap: np.ndarray, alpha: float = 0
 
 
 def belief_strip(image: np.ndarray, beliefs: np.ndarray, path: str, joints_per_stage=None,
-                 order: skeleton.Skeleton = skeleton.LSP) -> None:
-    """One column per stage: the image with that stage's part beliefs (max over parts) overlaid.
+                 order: skeleton.Skeleton = skeleton.LSP, part: str | None = None) -> None:
+    """One column per stage: the image with that stage's beliefs overlaid, of every part (max over
+    parts) or of the named `part` alone (e.g. "r_wrist", a name of `order`).
 
     image: (H, W, 3) uint8; beliefs: (T, h, w, P+1) cells; joints_per_stage: (T, P, 2) pixels."""
     num_stages = beliefs.shape[0]
     fig = Figure(figsize=(2.4 * num_stages, 2.6))
     axes = fig.subplots(1, num_stages, squeeze=False)
     for t, ax in enumerate(axes[0]):
-        overlay_heatmap(ax, image, beliefs[t, ..., :-1].max(-1), alpha=0.6)
+        shown = beliefs[t, ..., :-1].max(-1) if part is None else beliefs[t, ..., order.index[part]]
+        overlay_heatmap(ax, image, shown, alpha=0.6)
         if joints_per_stage is not None:
             draw_skeleton(ax, joints_per_stage[t], alpha=0.8, order=order)
-        ax.set_title(f"stage {t + 1}", fontsize=9)
+        ax.set_title(f"stage {t + 1}" + (f": {part}" if part else ""), fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -95,6 +98,22 @@ def pck_curve(curve: dict, path: str, title: str = "", metric: str = "PCK") -> N
     for group, values in curve.get("parts", {}).items():
         ax.plot(thresholds, percent(values), lw=1.2, label=group)
     ax.plot(thresholds, percent(curve["total"]), color="black", lw=2.5, label="total")
+    _save_pck_axes(fig, ax, thresholds, path, title, metric)
+
+
+def stage_pck_curves(curves: list[dict], path: str, title: str = "", metric: str = "PCK") -> None:
+    """One PCK curve per stage (`curves[t]` as metrics.curve returns it, stage t + 1's total),
+    in percent against the normalised threshold: how much each stage moves the whole curve."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    colours = colormaps["viridis"](np.linspace(0.0, 0.9, len(curves)))
+    for t, (curve, colour) in enumerate(zip(curves, colours)):
+        total = [np.nan if v is None else 100.0 * v for v in curve["total"]]
+        ax.plot(curve["thresholds"], total, color=colour, lw=2, label=f"stage {t + 1}")
+    _save_pck_axes(fig, ax, np.asarray(curves[0]["thresholds"] if curves else [], np.float64), path, title, metric)
+
+
+def _save_pck_axes(fig: Figure, ax, thresholds: np.ndarray, path: str, title: str, metric: str) -> None:
     ax.set_xlabel("normalised distance threshold")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_xlim(thresholds.min() if thresholds.size else 0, thresholds.max() if thresholds.size else 1)
