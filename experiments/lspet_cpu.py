@@ -43,10 +43,10 @@ def get_config():
     d.heldout_every = 10
     d.eval_split = "heldout"
     d.num_heldout = 0                 # all 1,000 held-out people
-    config.optimizer = dict(name="adam", learning_rate=1e-3, warmup_steps=300, decay_steps=6000)
+    config.optimizer = dict(name="adam", learning_rate=1e-3, warmup_steps=300, decay_steps=5000)
     t = config.training
     t.global_batch_size = 16
-    t.num_steps = 6000
+    t.num_steps = 5000
     t.log_every = 100
     t.eval_every = 1000
     t.checkpoint_every = 500

@@ -117,3 +117,22 @@ def lspet_subset(root, count: int) -> pathlib.Path:
         name = image_name("lspet", i)
         os.symlink(LSPET_ROOT / name, root / name)
     return root
+
+
+def lsp_standin(root, every: int = 10) -> pathlib.Path:
+    """LSP's file layout (joints.mat 3 x 14 x 2000, images/im0001.jpg ... im2000.jpg) built from
+    real LSPET photos: LSP's test samples 1001-2000 are LSPET's held-out people (0-based indices
+    0, every, 2 every, ...: data.heldout_every = `every`), linked, and samples 1-1000 repeat them.
+    LSPET's flag 1 = visible becomes LSP's 0 = visible; its unlabelled joints keep their
+    placeholder positions, flagged occluded (the LSP benchmark counts every joint)."""
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lspet = scipy.io.loadmat(str(LSPET_ROOT / "joints.mat"))["joints"]        # (14, 3, N)
+    people = np.arange(0, lspet.shape[2], every)[:1000]
+    chosen = np.concatenate([people, people])
+    joints = lspet[:, :2, chosen].transpose(2, 0, 1)
+    flags = 1.0 - lspet[:, 2, chosen].T
+    write_joints_mat(root / "joints.mat", joints, flags, "lsp")
+    for i, person in enumerate(chosen):
+        os.symlink(LSPET_ROOT / image_name("lspet", int(person)), root / image_name("lsp", i))
+    return root

@@ -106,3 +106,25 @@ def test_predict_and_evaluate_with_pretrained_through_the_cli(shipped, tmp_path)
         assert "Traceback" not in result.stderr
     result = cli("cpm_jax.predict", "--pretrained", "no_such_model", photo)
     assert result.returncode == 1 and "no_such_model.json does not exist" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_lsp_commands_run_on_a_stand_in_from_lspet_photos(shipped, tmp_path):
+    """RESULTS.md's commands that score a model the paper's way on the LSP test set (multi-scale
+    test of LSP 1001-2000, then `evaluate score` against joints.mat), run on LSPET photos laid
+    out as LSP; a few examples of the test split (--count, --allow_subset) keep it short."""
+    require_shared([images.LSPET_ROOT / "joints.mat"], "the LSP Extended copy (shared/datasets/lspet)")
+    directory, _, _ = shipped
+    lsp_root = images.lsp_standin(tmp_path / "lsp_dataset")
+    npz, predictions = os.path.join(directory, "tiny.npz"), tmp_path / "lsp_test.npz"
+    result = cli("cpm_jax.evaluate", "run", "--pretrained", npz, "--config.data.dataset=lsp",
+                 f"--config.data.paths.lsp={lsp_root}", "--stages", "last", "--count", "3",
+                 "--scales", "0.8,1.0", "--out", predictions, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    assert run["dataset"] == "lsp" and run["split"] == "test" and run["num_examples"] == 3
+    assert run["procedure"]["person"] == "image"                  # the release's LSP rule
+    result = cli("cpm_jax.evaluate", "score", "--dataset", "lsp", "--annotations", lsp_root / "joints.mat",
+                 "--predictions", predictions, "--allow_subset", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    score = json.loads(result.stdout.strip().splitlines()[-1])
+    assert score["total"] == pytest.approx(run["per_stage"][-1]["total"])
