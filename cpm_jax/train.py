@@ -4,8 +4,9 @@
 
 Every `training.eval_every` steps (0: only at the end) and at the end, the training evaluator
 (`evaluators.CropEvaluator`) scores every stage on the evaluation split; the end's result goes to
-`<workdir>/metrics.json` with pictures (skeletons.png, beliefs_by_stage.png), and the state with
-the best final-stage score so far to `<workdir>/best`. TensorBoard events (losses, learning rate,
+`<workdir>/metrics.json` with pictures (skeletons.png, beliefs_by_stage.png), every result to
+`<workdir>/heldout.jsonl` with `learning_curve.png` (held-out score of every stage by step), and
+the state with the best final-stage score so far to `<workdir>/best`. TensorBoard events (losses, learning rate,
 images/s, gradient norms of every stage's first and last convolution, held-out scores) go to
 `<workdir>/tensorboard` (summaries.py).
 
@@ -176,24 +177,41 @@ class Preemption:
 
 class HeldOut:
     """The run's held-out evaluation (evaluators.CropEvaluator): scores every stage, logs the
-    scores, writes them to TensorBoard (`eval/<metric>/stage<t>`) and keeps the state with the
-    best final-stage score in `<workdir>/best` (checkpointing.best_manager)."""
+    scores, writes them to TensorBoard (`eval/<metric>/stage<t>`), appends them to
+    `<workdir>/heldout.jsonl` and redraws `<workdir>/learning_curve.png` (process 0), and keeps
+    the state with the best final-stage score in `<workdir>/best` (checkpointing.best_manager)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, best, writer):
+    def __init__(self, config: ml_collections.ConfigDict, best, writer, workdir: str):
         from cpm_jax import evaluators
         self.evaluator = evaluators.CropEvaluator(config)
         self.best, self.writer = best, writer
+        self.history = os.path.join(workdir, HISTORY) if jax.process_index() == 0 else None
 
     def __call__(self, step: int, state: train_state.TrainState) -> "evaluators.Result":
         result = self.evaluator.run({"params": state.params})
         log_evaluation(step, result)
         self.writer.scalars(step, {f"eval/{result.label}/stage{t}": v
                                    for t, v in zip(result.stages, result.totals) if v is not None})
+        if self.history:
+            self._record(step, result)
         final = result.totals[-1]
         if final is not None and checkpointing.save_if_best(self.best, step, state, final):
             logging.info("step %d: best held-out %s of the final stage so far (%.3f): saved in %s/%d",
                          step, result.label, final, self.best.directory, step)
         return result
+
+    def _record(self, step: int, result: "evaluators.Result") -> None:
+        from cpm_jax import visualize
+        with open(self.history, "a") as f:
+            f.write(json.dumps({"step": step, "metric": result.label, "per_stage": result.totals,
+                                "parts_per_stage": [r["parts"] for r in result.per_stage]}) + "\n")
+        with open(self.history) as f:
+            rows = {row["step"]: row for row in map(json.loads, f)}   # a resumed run: the newest per step
+        visualize.learning_curve([rows[k] for k in sorted(rows)],
+                                 os.path.join(os.path.dirname(self.history), "learning_curve.png"))
+
+
+HISTORY = "heldout.jsonl"      # one line per held-out evaluation: step, metric, per-stage scores
 
 
 def host_metrics(metrics) -> dict:
@@ -396,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer = summaries.open(os.path.join(workdir, "tensorboard"))
         try:
             state, start_step = restore_or_create(config, workdir, mngr)
-            held_out = HeldOut(config, best, writer)
+            held_out = HeldOut(config, best, writer, workdir)
             state = train(config, state, start_step, mngr, writer, held_out)
             mngr.wait_until_finished()
             step = int(state.step)

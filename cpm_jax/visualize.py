@@ -113,6 +113,27 @@ def stage_pck_curves(curves: list[dict], path: str, title: str = "", metric: str
     _save_pck_axes(fig, ax, np.asarray(curves[0]["thresholds"] if curves else [], np.float64), path, title, metric)
 
 
+def learning_curve(rows: list[dict], path: str) -> None:
+    """Held-out score against training step, one line per stage: `rows` as train.HeldOut
+    records them ({"step", "metric", "per_stage": [fraction or None per stage]}), in step order."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    num_stages = max((len(r["per_stage"]) for r in rows), default=0)
+    colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(num_stages, 1)))
+    steps = [r["step"] for r in rows]
+    for t in range(num_stages):
+        values = [100.0 * r["per_stage"][t] if t < len(r["per_stage"]) and r["per_stage"][t] is not None
+                  else np.nan for r in rows]
+        ax.plot(steps, values, "o-", color=colours[t], lw=2, ms=4, label=f"stage {t + 1}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"held-out {rows[0]['metric'] if rows else 'score'} (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def _save_pck_axes(fig: Figure, ax, thresholds: np.ndarray, path: str, title: str, metric: str) -> None:
     ax.set_xlabel("normalised distance threshold")
     ax.set_ylabel(f"{metric} (%)")

@@ -5,6 +5,7 @@ checkpoint. Everything through `python -m cpm_jax.train` (tests/train_cli.py).
 The run: train_cli.RUN (the tiny CPM with dropout, 24 steps, checkpoints every 4, evaluation
 every 8).
 """
+import json
 import os
 import signal
 
@@ -144,6 +145,14 @@ def test_tensorboard_has_losses_rate_gradient_norms_and_held_out_scores_and_best
     norms = np.array([list(events[tag].values()) for tag in norm_tags])
     assert np.all(np.isfinite(norms)) and np.all(norms > 0)
     assert set(events["train/skipped_steps"].values()) == {0.0}
+
+    # The same scores, one line per evaluation, in heldout.jsonl, drawn in learning_curve.png.
+    rows = [json.loads(line) for line in (reference / "heldout.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [8, 16, 24]
+    for r in rows:
+        assert r["metric"] == "PCK@0.2" and len(r["parts_per_stage"]) == 2
+        assert r["per_stage"] == [pytest.approx(events[f"eval/PCK@0.2/stage{t}"][r["step"]]) for t in (1, 2)]
+    assert (reference / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     final_stage = events["eval/PCK@0.2/stage2"]
     best = max(final_stage, key=lambda s: (final_stage[s], -s))     # the first of the best
