@@ -9,7 +9,7 @@ prints ONE JSON object on stdout:
 
   {"workdir", "pretrained" (one of the two is null), "checkpoint_step", "dataset" (the joint
    order's dataset), "stage" (the stage whose joints are listed: the last), "scales", "flip",
-   "subpixel",
+   "subpixel", "gallery" (the --gallery PNG or null),
    "images": [{"image", "width", "height", "center" [x, y], "base_factor", "person" (how the
                centre and size were chosen), "picture" (the PNG),
                "joints": [{"name", "x", "y", "belief"}, ...]}]}
@@ -96,10 +96,11 @@ def _picture_path(out: str, image_path: str, taken: set) -> str:
 def predict_images(workdir: str | None, paths: list[str], center: tuple[float, float] | None = None,
                    scale: float | None = None, out: str = "predict_out", options=None,
                    max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None,
-                   pretrained_name: str | None = None) -> dict:
+                   pretrained_name: str | None = None, gallery: str | None = None) -> dict:
     """The report printed by the command line (see the module docstring); writes the PNGs.
     The model: the newest checkpoint of `workdir`, or the shipped model `pretrained_name`
-    (cpm_jax/pretrained.py). `log(line)` receives a progress line per image (default: stderr)."""
+    (cpm_jax/pretrained.py). `gallery`: also one PNG of every image's picture, one above the
+    other. `log(line)` receives a progress line per image (default: stderr)."""
     from cpm_jax import checkpointing, multiscale, pretrained, visualize
     from data_pipelines import registry
 
@@ -154,10 +155,13 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
             "joints": [{"name": name, "x": float(x), "y": float(y), "belief": float(b)}
                        for name, (x, y), b in zip(order.joint_names, joints[-1], peak[-1])],
         })
+    if gallery:
+        visualize.stack_pictures([r["picture"] for r in results], gallery)
+        log(f"predict: wrote the gallery {gallery}")
     return {"workdir": workdir, "pretrained": pretrained_name, "checkpoint_step": int(step),
             "dataset": config.data.dataset,
             "stage": num_stages, "scales": list(options.scales), "flip": options.flip,
-            "subpixel": options.subpixel, "images": results}
+            "subpixel": options.subpixel, "gallery": gallery, "images": results}
 
 
 def main(argv) -> None:
@@ -166,7 +170,8 @@ def main(argv) -> None:
     options = multiscale.Options(scales=multiscale.parse_scales(FLAGS.scales), flip=FLAGS.flip,
                                  subpixel=FLAGS.subpixel)
     report = predict_images(FLAGS.workdir, list(argv[1:]), center, FLAGS.scale, FLAGS.out, options,
-                            max_image_side=FLAGS.max_image_side, pretrained_name=FLAGS.pretrained)
+                            max_image_side=FLAGS.max_image_side, pretrained_name=FLAGS.pretrained,
+                            gallery=FLAGS.gallery)
     print(json.dumps(report, indent=2))
 
 
@@ -183,6 +188,7 @@ if __name__ == "__main__":
     flags.DEFINE_float("scale", None, "The person's size in pixels, about their height (the records' "
                        "scale: 200 x MPII's); default: the image height rule (0.8 x input / height).")
     flags.DEFINE_string("out", "predict_out", "Directory for the PNGs.")
+    flags.DEFINE_string("gallery", None, "Also write every image's picture, one above the other, to this PNG.")
     flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "Photos larger than this (px, longer side) "
                          "are resized to it first; joints are reported in the photo's own pixels.")
     multiscale.define_flags()

@@ -182,3 +182,21 @@ def pose_and_beliefs(image: np.ndarray, joints_per_stage: np.ndarray, maps_per_s
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def stack_pictures(paths: list[str], path: str, width: int = 1400) -> None:
+    """One PNG of the pictures `paths`, one above the other, each scaled to `width` px wide
+    (a gallery of `predict`'s per-photo pictures)."""
+    from PIL import Image
+    rows = []
+    for p in paths:
+        with Image.open(p) as picture:
+            picture = picture.convert("RGB")
+            rows.append(picture.resize((width, max(1, round(picture.height * width / picture.width))),
+                                       Image.LANCZOS))
+    sheet = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height
+    sheet.save(path)

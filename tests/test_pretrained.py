@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from flax import traverse_util
+from PIL import Image
 
 from cpm_jax import checkpointing, errors, pretrained
 from tests import images
@@ -79,10 +80,14 @@ def test_predict_and_evaluate_with_pretrained_through_the_cli(shipped, tmp_path)
     directory, name, _ = shipped
     npz = os.path.join(directory, "tiny.npz")
     photo = images.write_jpeg(tmp_path / "me.jpg", images.gradient(90, 140))
-    result = cli("cpm_jax.predict", "--pretrained", npz, "--out", tmp_path / "out", "--scales", "1", photo)
+    gallery = tmp_path / "gallery.png"
+    result = cli("cpm_jax.predict", "--pretrained", npz, "--out", tmp_path / "out", "--scales", "1",
+                 "--gallery", gallery, photo, photo)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["pretrained"] == npz and report["workdir"] is None and report["checkpoint_step"] == 2
+    with Image.open(gallery) as sheet, Image.open(report["images"][0]["picture"]) as one:
+        assert sheet.width == 1400 and sheet.height == 2 * round(one.height * 1400 / one.width)
     xy = np.array([[j["x"], j["y"]] for j in report["images"][0]["joints"]])
     assert xy.shape == (14, 2) and (xy >= 0).all() and (xy[:, 0] <= 139).all() and (xy[:, 1] <= 89).all()
 
