@@ -1,6 +1,8 @@
 """Shared test helpers: tiny configs (small input, few channels, small kernels) and paths."""
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,8 +14,23 @@ SHARED = ROOT.parent / "shared"
 
 def pytest_configure(config):
     """The entry points' set-up, once per test process (each xdist worker too), before any test
-    module runs JAX: the XLA CPU flag, TensorFlow off GPUs, Agg, pipelines closed at exit."""
+    module runs JAX: the XLA CPU flag, TensorFlow off GPUs, Agg, pipelines closed at exit. And one
+    JAX compilation cache for the whole session: made by the first process (xdist's controller,
+    before it starts the workers, which inherit the variable), used by every worker and every
+    command-line run a test starts, so that the tiny model's programs compile once."""
     runtime.setup()
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = config._cpm_jax_made_cache = tempfile.mkdtemp(
+            prefix="cpm_jax_test_jit_cache_")
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+def pytest_unconfigure(config):
+    """Removes the session's compilation cache, in the process that made it."""
+    made = getattr(config, "_cpm_jax_made_cache", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def running_in_ci() -> bool:
@@ -68,6 +85,13 @@ def trained_tiny_workdir(path) -> str:
     config.training.num_visualized = 1
     train.train_and_evaluate(config, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory) -> str:
+    """`trained_tiny_workdir`, trained once per test process and shared by the modules that only
+    read it (predict, evaluate run, pretrained: they add files beside its checkpoints at most)."""
+    return trained_tiny_workdir(tmp_path_factory.mktemp("tiny_trained"))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from cpm_jax import checkpointing, evaluate, evaluators, prediction_files
 from data_pipelines import registry, skeleton
 from tests import images
-from tests.conftest import ROOT, python_env, tiny_config, trained_tiny_workdir
+from tests.conftest import ROOT, python_env, tiny_config
 
 
 def cli(*args):
@@ -28,9 +28,9 @@ def last_json(result) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tiny_workdir):
     """A 2-stage tiny CPM after 2 training steps (accuracy is irrelevant here)."""
-    return trained_tiny_workdir(tmp_path_factory.mktemp("tiny_run"))
+    return tiny_workdir
 
 
 @pytest.fixture(scope="module")

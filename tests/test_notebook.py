@@ -18,7 +18,7 @@ def reduced(notebook, workdir) -> None:
     assert names == {"CONFIG", "TRAIN_STEPS", "HELDOUT", "SWEEP_STAGES", "SWEEP_STEPS", "WORK"}, names
     cells[0].source = "\n".join([
         'CONFIG = "tests/tiny_experiment.py"', "TRAIN_STEPS = 3", "HELDOUT = 4",
-        'SWEEP_STAGES = "1,2"', "SWEEP_STEPS = 2", f"WORK = {str(workdir)!r}"])
+        'SWEEP_STAGES = "1"', "SWEEP_STEPS = 2", f"WORK = {str(workdir)!r}"])
 
 
 def test_quickstart_runs(tmp_path, tmp_path_factory, monkeypatch):
@@ -40,6 +40,6 @@ def test_quickstart_runs(tmp_path, tmp_path_factory, monkeypatch):
     assert "step 3/3" in text and "r_wrist" in text
     assert (tmp_path / "demo" / "pck_by_stage.png").stat().st_size > 0
     with open(tmp_path / "stages" / "sweep.csv") as f:
-        assert len(f.read().strip().splitlines()) == 3      # header + the 1- and 2-stage models
+        assert len(f.read().strip().splitlines()) == 2      # header + the 1-stage model
     report = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert report["step"] == 3 and len(report["pck@0.2_per_stage"]) == 2

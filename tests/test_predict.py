@@ -12,7 +12,7 @@ from PIL import Image
 from cpm_jax import checkpointing, errors, multiscale, predict
 from data_pipelines import skeleton
 from tests import images
-from tests.conftest import ROOT, python_env, require_shared, tiny_config, trained_tiny_workdir
+from tests.conftest import ROOT, python_env, require_shared, tiny_config
 
 PHOTOS = [images.LSPET_ROOT / "images" / "im00001.jpg", images.LSPET_ROOT / "images" / "im00002.jpg"]
 
@@ -23,8 +23,8 @@ def cli(*args):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return trained_tiny_workdir(tmp_path_factory.mktemp("tiny_predict"))
+def workdir(tiny_workdir):
+    return tiny_workdir
 
 
 def check_report_image(entry: dict, width: int, height: int) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from cpm_jax import checkpointing, configs, errors, optimizers, schemes, state as train_states, train
+from cpm_jax import checkpointing, configs, errors, model, optimizers, schemes, state as train_states, train
 from tests.conftest import ROOT, python_env, tiny_config
 
 
@@ -52,9 +52,9 @@ def pck_per_stage(workdir) -> list:
 
 @pytest.fixture(scope="module")
 def stagewise_then_joint(tmp_path_factory):
-    """Scheme (iii) on 3 stages: stage-wise phases of 2 steps each, then 6 joint steps."""
+    """Scheme (iii) on 2 stages: stage-wise phases of 2 steps each, then 4 joint steps."""
     workdir = tmp_path_factory.mktemp("iii")
-    report = schemes.run(scheme_config("iii", 3, 6), str(workdir))
+    report = schemes.run(scheme_config("iii", 2, 4), str(workdir))
     return workdir, report
 
 
@@ -81,7 +81,8 @@ def test_make_without_frozen_is_the_plain_optimiser():
 
 def test_stagewise_freezes_earlier_stages(stagewise_then_joint):
     workdir, _ = stagewise_then_joint
-    groups = {2: (("stage1",), ("trunk", "stage2")), 3: (("stage1", "trunk", "stage2"), ("stage3",))}
+    groups = {2: (("stage1",), ("trunk", "stage2"))}
+    assert model.stage_parameter_groups(3)[2] == ("stage3",)      # phase 3 would freeze stage1, trunk, stage2
     for t, (frozen, trained) in groups.items():
         phase_dir = workdir / "stagewise" / f"stage{t}"
         config = checkpointing.read_config(str(phase_dir))
@@ -107,21 +108,30 @@ def test_stagewise_freezes_earlier_stages(stagewise_then_joint):
 def test_joint_phase_starts_from_stagewise(stagewise_then_joint):
     workdir, report = stagewise_then_joint
     config = checkpointing.read_config(str(workdir))
-    stage3 = workdir / "stagewise" / "stage3"
-    assert config.training.init_from == str(stage3) and not config.training.frozen
-    assert config.training.num_steps == 6 and config.model.num_stages == 3
-    assert same(initial_params(config), final_params(stage3))
+    last = workdir / "stagewise" / "stage2"
+    assert config.training.init_from == str(last) and not config.training.frozen
+    assert config.training.num_steps == 4 and config.model.num_stages == 2
+    assert same(initial_params(config), final_params(last))
     end = final_params(workdir)
-    assert not np.array_equal(jax.tree.leaves(end["stage1"])[0], jax.tree.leaves(final_params(stage3)["stage1"])[0])
-    assert len(pck_per_stage(workdir)) == 3 and report["step"] == 6
+    assert not np.array_equal(jax.tree.leaves(end["stage1"])[0], jax.tree.leaves(final_params(last)["stage1"])[0])
+    assert len(pck_per_stage(workdir)) == 2 and report["step"] == 4
 
 
-@pytest.mark.parametrize("name", ["i", "iv"])
-def test_joint_schemes(tmp_path, name):
-    report = schemes.run(scheme_config(name, 2, 2), str(tmp_path))
+def test_joint_schemes():
+    """(i) is the default config; (iv) trains with the final stage's loss only (tests/test_gradients.py
+    trains both, the sweep tests train (i))."""
+    assert schemes.apply(tiny_config(), "i").to_dict() == tiny_config().to_dict()
+    config = schemes.apply(tiny_config(), "iv")
+    assert config.loss.intermediate_supervision is False and config.training.scheme == "joint"
+    config.loss.intermediate_supervision = True
+    assert config.to_dict() == tiny_config().to_dict()
+
+
+def test_final_loss_only_scheme_trains(tmp_path):
+    report = schemes.run(scheme_config("iv", 2, 2), str(tmp_path))
     assert len(pck_per_stage(tmp_path)) == 2 and report["step"] == 2
     saved = checkpointing.read_config(str(tmp_path))
-    assert saved.loss.intermediate_supervision == (name == "i") and saved.training.scheme == "joint"
+    assert saved.loss.intermediate_supervision is False and saved.training.scheme == "joint"
 
 
 def test_stagewise_writes_every_stage(stagewise):
