@@ -43,7 +43,9 @@ def last_logged_step(log: str) -> int:
 
 
 def cache_dir(tmp_path_factory) -> str:
-    """One compilation cache per test session (shared by the xdist workers)."""
+    """The session's compilation cache (conftest.pytest_configure), shared by the xdist workers."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
     base = tmp_path_factory.getbasetemp()
     return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache")
 
