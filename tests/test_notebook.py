@@ -34,8 +34,8 @@ def test_quickstart_runs(tmp_path, tmp_path_factory, monkeypatch):
 
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    # skeletons, 4 belief strips, the PCK curves, the sweep's plot, the photo's prediction
-    assert len(images) == 8, f"{len(images)} pictures shown"
+    # skeletons, 4 belief strips, the PCK curves, the sweep's plot, the two predictions
+    assert len(images) == 9, f"{len(images)} pictures shown"
     text = "".join(o.get("text", "") for o in outputs)
     assert "step 3/3" in text and "r_wrist" in text
     assert (tmp_path / "demo" / "pck_by_stage.png").stat().st_size > 0

@@ -130,3 +130,31 @@ def test_the_lsp_commands_run_on_a_stand_in_from_lspet_photos(shipped, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     score = json.loads(result.stdout.strip().splitlines()[-1])
     assert score["total"] == pytest.approx(run["per_stage"][-1]["total"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The model shipped in pretrained/ (experiments/lspet_cpu.py, trained on LSPET).
+
+SHIPPED = "lspet_cpu"
+
+
+def test_the_shipped_model_reproduces_its_recorded_heldout_joints():
+    require_shared([images.LSPET_ROOT / "joints.mat"], "the LSP Extended copy (shared/datasets/lspet)")
+    config, variables, info = pretrained.load(SHIPPED)      # the checksum is checked here
+    assert info["bytes"] <= 8e6 and info["dtype"] == "float16"
+    assert info["config"]["data"]["heldout_every"] == 10 and info["check"]["split"] == "heldout"
+    config.data.paths.lspet = str(images.LSPET_ROOT)       # wherever this checkout's data is
+    recomputed = pretrained.heldout_joints(config, variables, info["check"]["count"])
+    recorded = np.asarray(info["check"]["joints"], np.float32)
+    np.testing.assert_array_equal(recomputed.astype(np.float32), recorded)
+
+
+def test_predict_with_the_shipped_model_on_a_real_photo_gives_joints_inside_it(tmp_path):
+    photo = images.LSPET_ROOT / "images" / "im00011.jpg"             # a held-out person
+    require_shared([photo], "a real LSPET photo (shared/datasets/lspet/images)")
+    result = cli("cpm_jax.predict", "--pretrained", SHIPPED, "--out", tmp_path, photo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads(result.stdout)["images"][0]
+    xy = np.array([[j["x"], j["y"]] for j in entry["joints"]])
+    assert xy.shape == (14, 2) and (xy >= 0).all()
+    assert (xy[:, 0] <= entry["width"] - 1).all() and (xy[:, 1] <= entry["height"] - 1).all()
