@@ -29,7 +29,8 @@ def get_config():
     config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=50, decay_steps=1500)
     t = config.training
     t.global_batch_size = 8
-    # 1500 steps: `make demo` in ~6.5 min here, within 10 on a 1.5x slower machine (venv included).
+    # 1500 steps: `make demo` (venv included) took 8m54s on a fresh clone on a 2-core Xeon Sapphire
+    # Rapids (27 img/s), 7m24s on a 2-core Zen 4 (43 img/s).
     # Held-out PCK@0.2 by stage, measured here: 1200 steps 0.50 / 0.76 / 0.79 / 0.80; 1500 steps
     # 0.53 / 0.80 / 0.81 / 0.84; 2000 steps 0.62 / 0.82 / 0.84 / 0.88.
     t.num_steps = 1500
