@@ -125,19 +125,18 @@ def learning_curve(rows: list[dict], path: str) -> None:
         values = [100.0 * r["per_stage"][t] if t < len(r["per_stage"]) and r["per_stage"][t] is not None
                   else np.nan for r in rows]
         ax.plot(steps, values, "o-", color=colours[t], lw=2, ms=4, label=f"stage {t + 1}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"held-out {rows[0]['metric'] if rows else 'score'} (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save_percent_axes(fig, ax, path, "training step", f"held-out {rows[0]['metric'] if rows else 'score'} (%)")
 
 
 def _save_pck_axes(fig: Figure, ax, thresholds: np.ndarray, path: str, title: str, metric: str) -> None:
-    ax.set_xlabel("normalised distance threshold")
-    ax.set_ylabel(f"{metric} (%)")
     ax.set_xlim(thresholds.min() if thresholds.size else 0, thresholds.max() if thresholds.size else 1)
+    _save_percent_axes(fig, ax, path, "normalised distance threshold", f"{metric} (%)", title)
+
+
+def _save_percent_axes(fig: Figure, ax, path: str, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Labels, a 0-100 % y axis, grid and legend, then the PNG: what every score plot shares."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
