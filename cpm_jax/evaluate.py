@@ -172,22 +172,22 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
     evaluator = evaluators.MultiScaleEvaluator(config, split, count, options, person, workers, on_progress)
     if pretrained_name is None:
         variables, step = checkpointing.restore_params(workdir, config)
-        origin = workdir
+        origin, files_root, checkpoint = workdir, workdir, f"{os.path.abspath(workdir)} step {step}"
     else:
         _, variables, record = pretrained.load(pretrained_name)
         step, origin = record["source"]["step"], f"pretrained model {pretrained_name}"
-        workdir = os.path.join("runs", "pretrained", os.path.basename(pretrained.paths(pretrained_name)[0])[:-4])
+        files_root = os.path.join("runs", "pretrained", os.path.basename(pretrained.paths(pretrained_name)[0])[:-4])
+        checkpoint = f"{origin} step {step}"
     print(f"evaluate run: {config.data.dataset} {evaluator.split}: {evaluator.count} examples, checkpoint "
           f"step {step} of {origin}, devices {jax.devices()}", file=sys.stderr, flush=True)
     result = evaluator.run(variables)
     p = result.predictions
     names = registry.get(result.dataset).skeleton.joint_names
-    info = {"checkpoint": f"{os.path.abspath(workdir) if pretrained_name is None else origin} step {step}",
-            "config": config_source,
+    info = {"checkpoint": checkpoint, "config": config_source,
             "procedure": "multi-scale test (reference section 5)",
             "scales": ",".join(f"{s:g}" for s in options.scales), "flip": str(options.flip),
             "subpixel": str(options.subpixel), "person": evaluator.person}
-    files = _stage_paths(out, workdir, result.dataset, result.split, chosen)
+    files = _stage_paths(out, files_root, result.dataset, result.split, chosen)
     for k, t in enumerate(chosen):
         os.makedirs(os.path.dirname(os.path.abspath(files[t])), exist_ok=True)
         files[t] = prediction_files.write(files[t], p.pred[:, k], result.dataset, result.split, t, p.index,
