@@ -257,8 +257,11 @@ class MeanPoseEvaluator:
             mask = (batch["visibility"] > 0)[..., None]
             total = total + np.where(mask, batch["joints"], 0.0).sum(0)
             labelled = labelled + mask.sum(0)
-        if np.any(labelled == 0):
-            raise errors.DataError(f"{self.config.data.dataset} {self.fit_split}: a joint is never labelled")
+        never = [name for name, n in zip(registry.get(self.config.data.dataset).skeleton.joint_names,
+                                         labelled[:, 0]) if n == 0]
+        if never:
+            raise errors.DataError(f"{self.config.data.dataset} {self.fit_split}: no crop labels "
+                                   f"{', '.join(never)}: the mean pose is undefined there")
         return total / labelled
 
     def predict(self, variables=None) -> StagePredictions:

@@ -26,6 +26,7 @@ from cpm_jax import errors
 
 DIRECTORY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
 CHECK_EXAMPLES = 8        # held-out crops whose joints are recorded beside the parameters
+RECORD_KEYS = ("sha256", "config", "source", "check")   # what load, check and the CLIs read
 
 
 def paths(name: str, directory: str = DIRECTORY) -> tuple[str, str]:
@@ -52,9 +53,14 @@ def read_info(name: str, directory: str = DIRECTORY) -> dict:
                                        + (f"; shipped: {', '.join(known)}" if known else ""))
     try:
         with open(record) as f:
-            return json.load(f)
+            info = json.load(f)
     except (OSError, json.JSONDecodeError) as error:
         raise errors.CheckpointError(f"pretrained model {name!r}: cannot read {record}: {error}") from error
+    missing = [k for k in RECORD_KEYS if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise errors.CheckpointError(f"pretrained model {name!r}: {record} lacks {', '.join(missing)} "
+                                     "(not a record written by `python -m cpm_jax.pretrained export`)")
+    return info
 
 
 def load(name: str, directory: str = DIRECTORY) -> tuple[ml_collections.ConfigDict, dict, dict]:
@@ -99,7 +105,8 @@ def export(workdir: str, name: str, directory: str = DIRECTORY, dtype: str = "fl
            note: str = "") -> dict:
     """Writes <name>.npz and <name>.json from the newest checkpoint of `workdir` (and its
     metrics.json, when there is one); returns the record. The check joints are computed from the
-    exported (rounded) parameters, so that loading the file reproduces them exactly."""
+    exported (rounded) parameters, so that loading the file reproduces them exactly. Nothing is
+    written before they are; both files are written aside and moved into place together."""
     import jax
     from flax import traverse_util
 
@@ -109,28 +116,29 @@ def export(workdir: str, name: str, directory: str = DIRECTORY, dtype: str = "fl
     config, variables, step = checkpointing.restore_trained(workdir)
     flat = {k: np.asarray(v).astype(dtype)
             for k, v in traverse_util.flatten_dict(jax.device_get(variables), sep="/").items()}
-    os.makedirs(directory, exist_ok=True)
-    npz, record = paths(name, directory)
-    partial = npz + ".partial.npz"
-    np.savez_compressed(partial, **flat)
-    os.replace(partial, npz)
+    # Everything that can fail on the data comes first; then the two files, moved in together.
     exported = traverse_util.unflatten_dict({k: v.astype(np.float32) for k, v in flat.items()}, sep="/")
+    joints = heldout_joints(config, exported).tolist()
     metrics_path = os.path.join(workdir, "metrics.json")
     heldout = None
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             heldout = json.load(f)
+    os.makedirs(directory, exist_ok=True)
+    npz, record = paths(name, directory)
+    partial = npz + ".partial.npz"
+    np.savez_compressed(partial, **flat)
     info = {
-        "name": name, "file": os.path.basename(npz), "sha256": sha256(npz), "dtype": dtype,
-        "num_params": int(sum(v.size for v in flat.values())), "bytes": os.path.getsize(npz),
+        "name": name, "file": os.path.basename(npz), "sha256": sha256(partial), "dtype": dtype,
+        "num_params": int(sum(v.size for v in flat.values())), "bytes": os.path.getsize(partial),
         "source": {"workdir": os.path.abspath(workdir), "step": int(step)}, "note": note,
         "heldout": heldout,
-        "check": {"split": _eval_split(config), "count": CHECK_EXAMPLES,
-                  "joints": heldout_joints(config, exported).tolist()},
+        "check": {"split": _eval_split(config), "count": CHECK_EXAMPLES, "joints": joints},
         "config": json.loads(config.to_json_best_effort()),
     }
     with open(record + ".partial", "w") as f:
         json.dump(info, f, indent=1)
+    os.replace(partial, npz)
     os.replace(record + ".partial", record)
     return info
 

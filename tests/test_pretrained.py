@@ -74,6 +74,9 @@ def test_a_missing_or_corrupt_file_is_named(shipped, tmp_path):
     os.remove(broken / "tiny.npz")
     with pytest.raises(errors.NoCheckpointError, match=rf"{broken / 'tiny.npz'} does not exist"):
         pretrained.load("tiny", str(broken))
+    (broken / "tiny.json").write_text(json.dumps({"sha256": "0" * 64, "config": {}}))
+    with pytest.raises(errors.CheckpointError, match=rf"{broken / 'tiny.json'} lacks source, check"):
+        pretrained.load("tiny", str(broken))
 
 
 def test_predict_and_evaluate_with_pretrained_through_the_cli(shipped, tmp_path):
@@ -158,3 +161,19 @@ def test_predict_with_the_shipped_model_on_a_real_photo_gives_joints_inside_it(t
     xy = np.array([[j["x"], j["y"]] for j in entry["joints"]])
     assert xy.shape == (14, 2) and (xy >= 0).all()
     assert (xy[:, 0] <= entry["width"] - 1).all() and (xy[:, 1] <= entry["height"] - 1).all()
+
+
+def test_a_failed_export_leaves_the_shipped_pair_as_it_was(shipped, monkeypatch):
+    directory, name, workdir = shipped
+    before = {s: open(os.path.join(directory, f"tiny{s}"), "rb").read() for s in (".npz", ".json")}
+
+    def broken(*args, **kwargs):
+        raise errors.DataError("the held-out split cannot be read")
+
+    monkeypatch.setattr(pretrained, "heldout_joints", broken)
+    with pytest.raises(errors.DataError, match="held-out split"):
+        pretrained.export(str(workdir), name, directory, dtype="float32")
+    assert {s: open(os.path.join(directory, f"tiny{s}"), "rb").read() for s in (".npz", ".json")} == before
+    assert not [f for f in os.listdir(directory) if "partial" in f]      # nothing left aside
+    monkeypatch.undo()
+    assert pretrained.check(name, directory)[0]
