@@ -110,7 +110,8 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
             # (stage 1, then stage 2 with stage 1 frozen, ...), "joint_from_stagewise".
             scheme="joint",
             # A workdir whose newest checkpoint's parameters initialise the collections this
-            # model shares with it ("stage1", "trunk", "stage2", ...); only at step 0.
+            # model shares with it ("stage1", "trunk", "stage2", ...), or a shipped model
+            # ("pretrained:lspet_cpu" or a path to its .npz); only at step 0.
             init_from="",
             # Top-level parameter collections that get no update and no optimiser state.
             frozen=(),
@@ -223,7 +224,7 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
               t.num_steps, f"must be >= model.num_stages = {m.num_stages} (training.scheme = {t.get('scheme')!r} "
               "gives each stage num_steps // num_stages steps)")
         check(isinstance(t.get("init_from", ""), str), "training.init_from", t.get("init_from"),
-              "must be a workdir path (a string; \"\" for none)")
+              "must be a workdir path, \"pretrained:NAME\" or a .npz path (a string; \"\" for none)")
         collections = [name for group in stage_parameter_groups(m.num_stages) for name in group]
         check(lambda: all(name in collections for name in t.get("frozen", ()))
               and not isinstance(t.get("frozen", ()), str),

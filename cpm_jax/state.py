@@ -35,14 +35,22 @@ def abstract(config: ml_collections.ConfigDict) -> train_state.TrainState:
     return jax.eval_shape(functools.partial(create, config), jax.random.key(config.seed))
 
 
-def shared_params(config: ml_collections.ConfigDict, workdir: str) -> dict:
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def shared_params(config: ml_collections.ConfigDict, source: str) -> dict:
     """{name: tree} of the top-level parameter collections ("stage1", "trunk", ...) that
-    `config`'s model shares with the newest readable checkpoint of `workdir` (read with the
-    workdir's own config.json). Raises CheckpointError naming `workdir` if it has no readable
-    checkpoint, ConfigError if a shared collection's shapes differ or none is shared."""
-    key = f"config.training.init_from = {workdir!r}"
+    `config`'s model shares with `source`: a workdir (its newest readable checkpoint, read with
+    its own config.json), or a shipped model ("pretrained:NAME" or the path of its .npz; see
+    pretrained.py). Raises CheckpointError naming `source` if it has no readable parameters,
+    ConfigError if a shared collection's shapes differ or none is shared."""
+    from cpm_jax import pretrained
+    key = f"config.training.init_from = {source!r}"
     try:
-        params = checkpointing.restore_trained(workdir)[1]["params"]
+        if source.startswith(PRETRAINED_PREFIX) or source.endswith(".npz"):
+            params = pretrained.load(source.removeprefix(PRETRAINED_PREFIX))[1]["params"]
+        else:
+            params = checkpointing.restore_trained(source)[1]["params"]
     except errors.CheckpointError as error:
         raise errors.CheckpointError(f"{key}: {error}") from error
     mine = abstract(config).params
@@ -51,7 +59,7 @@ def shared_params(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for name, tree in shared.items():
         if shape(tree) != shape(mine[name]):
             raise errors.ConfigError(f"{key}: its parameter collection {name!r} has other shapes than this "
-                                     f"model's (config.model differs from {workdir}/config.json's)")
+                                     f"model's (config.model differs from {source}'s)")
     if not shared:
         raise errors.ConfigError(f"{key}: shares no parameter collection with this model")
     return shared

@@ -177,3 +177,20 @@ def test_a_failed_export_leaves_the_shipped_pair_as_it_was(shipped, monkeypatch)
     assert not [f for f in os.listdir(directory) if "partial" in f]      # nothing left aside
     monkeypatch.undo()
     assert pretrained.check(name, directory)[0]
+
+
+def test_training_can_start_from_a_shipped_model(shipped, tmp_path):
+    from cpm_jax import state
+    directory, name, workdir = shipped
+    config = checkpointing.read_config(workdir)
+    npz = os.path.join(directory, "tiny.npz")
+    shared = state.shared_params(config, npz)
+    _, variables, _ = pretrained.load(npz)
+    assert shared.keys() == variables["params"].keys()
+    for key, value in traverse_util.flatten_dict(variables["params"]).items():
+        np.testing.assert_array_equal(traverse_util.flatten_dict(shared)[key], value)
+    missing = str(tmp_path / "gone.npz")
+    with pytest.raises(errors.CheckpointError, match=rf"init_from = '{missing}': .*gone\.json does not exist"):
+        state.shared_params(config, missing)
+    with pytest.raises(errors.CheckpointError, match=r"init_from = 'pretrained:nothing': .*nothing\.json does not exist"):
+        state.shared_params(config, "pretrained:nothing")
