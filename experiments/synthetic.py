@@ -30,9 +30,10 @@ def get_config():
     t = config.training
     t.global_batch_size = 8
     # 1500 steps: `make demo` (venv included) took 8m54s on a fresh clone on a 2-core Xeon Sapphire
-    # Rapids (27 img/s), 7m24s on a 2-core Zen 4 (43 img/s).
+    # Rapids (27 img/s), 7m24s and 7m16s on two 2-core Zen 4 machines (43 and 33 img/s).
     # Held-out PCK@0.2 by stage, measured here: 1200 steps 0.50 / 0.76 / 0.79 / 0.80; 1500 steps
-    # 0.53 / 0.80 / 0.81 / 0.84; 2000 steps 0.62 / 0.82 / 0.84 / 0.88.
+    # 0.53 / 0.80 / 0.81 / 0.84 (the same on all three machines); 1300 steps 0.51 / 0.79 / 0.80 / 0.82;
+    # 2000 steps 0.62 / 0.82 / 0.84 / 0.88.
     t.num_steps = 1500
     t.log_every = 100
     t.checkpoint_every = 500

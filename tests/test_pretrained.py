@@ -194,3 +194,11 @@ def test_training_can_start_from_a_shipped_model(shipped, tmp_path):
         state.shared_params(config, missing)
     with pytest.raises(errors.CheckpointError, match=r"init_from = 'pretrained:nothing': .*nothing\.json does not exist"):
         state.shared_params(config, "pretrained:nothing")
+
+
+def test_train_from_a_shipped_model_of_other_shapes_exits_naming_it(tmp_path):
+    result = cli("cpm_jax.train", "--config", "experiments/synthetic.py", "--workdir", tmp_path / "run",
+                 "--config.training.init_from=pretrained:lspet_cpu")
+    assert result.returncode == 1
+    assert ("config.training.init_from = 'pretrained:lspet_cpu': its parameter collection 'stage1' has other "
+            "shapes") in result.stderr
