@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax.training import train_state
 
-from cpm_jax import architecture, checkpointing, errors, model as cpm_model, optimizers
+from cpm_jax import architecture, checkpointing, errors, model as cpm_model, optimizers, pretrained
 
 
 def create(config: ml_collections.ConfigDict, rng: jax.Array, shared: dict | None = None) -> train_state.TrainState:
@@ -44,7 +44,6 @@ def shared_params(config: ml_collections.ConfigDict, source: str) -> dict:
     its own config.json), or a shipped model ("pretrained:NAME" or the path of its .npz; see
     pretrained.py). Raises CheckpointError naming `source` if it has no readable parameters,
     ConfigError if a shared collection's shapes differ or none is shared."""
-    from cpm_jax import pretrained
     key = f"config.training.init_from = {source!r}"
     try:
         if source.startswith(PRETRAINED_PREFIX) or source.endswith(".npz"):
