@@ -7,7 +7,8 @@ from, their held-out scores, and a check: the joints they give on a few fixed he
 
 A model is used by name (or by the path of its .npz) wherever a workdir would be:
 `python -m cpm_jax.predict --pretrained lspet_cpu photo.jpg`, `python -m cpm_jax.evaluate run
---pretrained lspet_cpu`, or `load(name)` in Python. The .npz holds {"params": ...} flattened to
+--pretrained lspet_cpu`, `--config.training.init_from=pretrained:lspet_cpu` (training starts
+from it), or `load(name)` in Python. The .npz holds {"params": ...} flattened to
 "/"-joined paths, in float16 or float32; `load` gives float32 arrays. A missing file, a file
 whose SHA-256 is not the recorded one, or parameters that do not fit the recorded config raise
 CheckpointError naming the file.
@@ -27,6 +28,17 @@ from cpm_jax import errors
 DIRECTORY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
 CHECK_EXAMPLES = 8        # held-out crops whose joints are recorded beside the parameters
 RECORD_KEYS = ("sha256", "config", "source", "check")   # what load, check and the CLIs read
+
+
+REFERENCE_PREFIX = "pretrained:"   # config.training.init_from = "pretrained:NAME"
+
+
+def named_by(reference: str) -> str | None:
+    """The model a reference names ("pretrained:NAME" -> NAME, a path to a .npz -> itself), or
+    None when it names no shipped model (a training workdir)."""
+    if reference.startswith(REFERENCE_PREFIX):
+        return reference.removeprefix(REFERENCE_PREFIX)
+    return reference if reference.endswith(".npz") else None
 
 
 def paths(name: str, directory: str = DIRECTORY) -> tuple[str, str]:

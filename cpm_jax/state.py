@@ -35,9 +35,6 @@ def abstract(config: ml_collections.ConfigDict) -> train_state.TrainState:
     return jax.eval_shape(functools.partial(create, config), jax.random.key(config.seed))
 
 
-PRETRAINED_PREFIX = "pretrained:"
-
-
 def shared_params(config: ml_collections.ConfigDict, source: str) -> dict:
     """{name: tree} of the top-level parameter collections ("stage1", "trunk", ...) that
     `config`'s model shares with `source`: a workdir (its newest readable checkpoint, read with
@@ -46,8 +43,9 @@ def shared_params(config: ml_collections.ConfigDict, source: str) -> dict:
     ConfigError if a shared collection's shapes differ or none is shared."""
     key = f"config.training.init_from = {source!r}"
     try:
-        if source.startswith(PRETRAINED_PREFIX) or source.endswith(".npz"):
-            params = pretrained.load(source.removeprefix(PRETRAINED_PREFIX))[1]["params"]
+        model = pretrained.named_by(source)
+        if model is not None:
+            params = pretrained.load(model)[1]["params"]
         else:
             params = checkpointing.restore_trained(source)[1]["params"]
     except errors.CheckpointError as error:
