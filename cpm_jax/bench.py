@@ -32,7 +32,6 @@ import statistics
 import time
 from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -181,9 +180,9 @@ class JaxTraining:
 
     def __init__(self, config: ml_collections.ConfigDict, state, batch: dict):
         devices = jax.local_device_count()
-        self._p_state = flax.jax_utils.replicate(state)
+        self._p_state = train.replicate(state)
         self._batch = jax.pmap(lambda x: x)(per_device(batch, devices))  # resident on the devices
-        self._rng = flax.jax_utils.replicate(jax.random.key(1))
+        self._rng = train.replicate(jax.random.key(1))
         start = time.perf_counter()
         self._compiled = train.parallel_train_step(config).lower(self._p_state, self._batch, self._rng).compile()
         self.compile_s = time.perf_counter() - start

@@ -45,6 +45,8 @@ from cpm_jax import state as train_states
 from cpm_jax import model as cpm_model, optimizers
 from data_pipelines import registry
 
+AXIS = "batch"  # the devices' axis of the data-parallel step (`lax.pmean` over it)
+
 
 def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
                intermediate_supervision: bool, record_gradients: bool = False):
@@ -58,7 +60,7 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
     with `record_gradients` also grad_histograms (L, B) int32: `gradients.histograms` of those
     kernels' averaged gradients, in `first_and_last_convs` order (without it the step is
     compiled exactly as before)."""
-    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index("batch"))
+    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
 
     def loss_fn(params):
         beliefs = state.apply_fn({"params": params}, batch["image"], batch["center_map"],
@@ -69,8 +71,8 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
         return losses.cpm_loss(beliefs, targets, intermediate_supervision)
 
     (loss, stage_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, "batch")
-    metrics = jax.lax.pmean({"loss": loss, "stage_losses": stage_losses}, "batch")
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = jax.lax.pmean({"loss": loss, "stage_losses": stage_losses}, AXIS)
     groups = cpm_model.stage_parameter_groups(stage_losses.shape[0])
     grads_finite = jnp.stack([_all_finite([grads[name] for name in group]) for group in groups])
     finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.isfinite(metrics["stage_losses"])) & jnp.all(grads_finite)
@@ -86,16 +88,24 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
 
 
 def parallel_train_step(config: ml_collections.ConfigDict):
-    """`train_step` over this process's devices (`jax.pmap`, axis "batch", the state donated):
+    """`train_step` over this process's devices (`jax.pmap`, axis AXIS, the state donated):
     (replicated state, batch (devices, B/devices, ...), replicated key) -> (state, metrics);
     recording gradient histograms when `training.gradient_histogram_every > 0`."""
     return jax.pmap(functools.partial(train_step, intermediate_supervision=config.loss.intermediate_supervision,
                                       record_gradients=config.training.get("gradient_histogram_every", 0) > 0),
-                    axis_name="batch", donate_argnums=(0,))
+                    axis_name=AXIS, donate_argnums=(0,))
 
 
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def replicate(tree):
+    """`tree` stacked over this process's devices, (devices, ...), and placed as the step's own
+    outputs are (a mesh axis named AXIS), so that the step's second call finds the compilation of
+    the first: flax's default axis name differs from the step's and cost a second compilation
+    (8.8 s for the demo model on 2 cores)."""
+    return flax.jax_utils.replicate(tree, axis_name=AXIS)
 
 
 _SUBMODULES = ("layers", "features", "head")  # model.py's LayerStack names, input side first
@@ -319,9 +329,9 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
     from data_pipelines import pipeline
     t = config.training
     _, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    p_state = flax.jax_utils.replicate(state)
+    p_state = replicate(state)
     p_step = parallel_train_step(config)
-    p_rng = flax.jax_utils.replicate(dropout_rng)
+    p_rng = replicate(dropout_rng)
     meter = progress.Progress(t.num_steps, start_step)
     schedule = optimizers.schedule(config.optimizer)
     skipped = 0

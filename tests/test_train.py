@@ -36,6 +36,42 @@ def test_loss_falls_on_a_short_run():
     assert np.asarray(metrics["stage_losses"]).shape == (1, 2)
 
 
+def _compilations_per_step(replicate, steps: int = 3) -> list[int]:
+    """Backend compilations during each of `steps` calls of `train`'s step, the state and key
+    placed by `replicate` and then, as `train` runs it, each step fed the previous one's state."""
+    config = tiny_config()
+    step = train.parallel_train_step(config)
+    p_state = replicate(train_states.create(config, jax.random.key(0)))
+    rng = replicate(jax.random.key(1))
+    batches = pipeline.train_batches(config, 1)
+    compiled = []
+
+    def listener(name, *_, **__):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiled.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    counts = []
+    try:
+        for _ in range(steps):
+            before = len(compiled)
+            p_state, metrics = step(p_state, next(batches), rng)
+            jax.block_until_ready(metrics)
+            counts.append(len(compiled) - before)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        batches.close()
+    return counts
+
+
+def test_train_step_compiles_once():
+    """A state placed by `train.replicate` matches the step's outputs: the second step does not
+    compile again (flax's default placement did, a second compilation as long as the first)."""
+    counts = _compilations_per_step(train.replicate)
+    assert counts[0] >= 1 and counts[1:] == [0, 0], counts
+    assert _compilations_per_step(flax.jax_utils.replicate)[1] >= 1  # what the test guards against
+
+
 PMAP_SCRIPT = r"""
 import functools, json, sys
 import flax, jax, numpy as np
