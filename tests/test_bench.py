@@ -35,6 +35,7 @@ def test_cli_prints_table_and_json_with_the_torch_peer():
         assert out[key] > 0, key
     assert out["torch_params"] == out["params"] == summary.describe(tiny_config().model)["params"]
     assert out["train_ratio"] == pytest.approx(out["train_images_per_s"] / out["torch_train_images_per_s"])
+    assert out["recompilations"] == 0  # the step compiles once, as `train` calls it
     table = "\n".join(lines[:-1])
     for row in ("JAX train", "PyTorch train", "JAX inference", "PyTorch inference", "input pipeline alone",
                 "peak assumed:", "peak host memory"):

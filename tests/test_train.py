@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, configs, train
+from cpm_jax import bench, checkpointing, configs, train
 from cpm_jax import state as train_states
 from data_pipelines import pipeline, registry
 from tests.conftest import ROOT, python_env, tiny_config
@@ -37,29 +37,21 @@ def test_loss_falls_on_a_short_run():
 
 
 def _compilations_per_step(replicate, steps: int = 3) -> list[int]:
-    """Backend compilations during each of `steps` calls of `train`'s step, the state and key
-    placed by `replicate` and then, as `train` runs it, each step fed the previous one's state."""
+    """XLA compilations during each of `steps` calls of `train`'s step, the state and key placed
+    by `replicate` and then, as `train` runs it, each step fed the previous one's state."""
     config = tiny_config()
     step = train.parallel_train_step(config)
     p_state = replicate(train_states.create(config, jax.random.key(0)))
     rng = replicate(jax.random.key(1))
     batches = pipeline.train_batches(config, 1)
-    compiled = []
-
-    def listener(name, *_, **__):
-        if name == "/jax/core/compile/backend_compile_duration":
-            compiled.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
     counts = []
     try:
         for _ in range(steps):
-            before = len(compiled)
-            p_state, metrics = step(p_state, next(batches), rng)
-            jax.block_until_ready(metrics)
-            counts.append(len(compiled) - before)
+            with bench.compilations() as seconds:
+                p_state, metrics = step(p_state, next(batches), rng)
+                jax.block_until_ready(metrics)
+            counts.append(len(seconds))
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
         batches.close()
     return counts
 
