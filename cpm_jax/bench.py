@@ -335,6 +335,7 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
     data = random_batch(config, batch)
     runners = {}
     training = inference = None
+    again = []  # JAX compilations after the first training step: none unless a step recompiles
     if "train" in parts or "fed" in parts:
         on_progress("compiling the training step")
         training = JaxTraining(config, state, data)
@@ -368,8 +369,7 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
     on_progress(f"timing {steps} steps of: {', '.join(runners)}")
     with compilations() as timed_compilations:
         times = alternate(runners, steps, rounds if peer else 1)
-    # JAX compilations after the first training step: 0 unless a step recompiles (a bug to fix)
-    out["recompilations"] = len(again if training else []) + len(timed_compilations)
+    out["recompilations"] = len(again) + len(timed_compilations)
     for name, seconds in times.items():
         for key, value in spread(seconds, batch).items():
             out[f"{name}_{key}"] = value
