@@ -21,6 +21,7 @@ import ml_collections
 
 from cpm_jax import architecture as arch
 from cpm_jax import configs
+from cpm_jax import convolution
 from cpm_jax.pooling import caffe_max_pool
 
 KERNEL_INITS = {
@@ -56,7 +57,8 @@ class LayerStack(nn.Module):
                 convs += 1
                 x = nn.Conv(layer.features, (layer.kernel, layer.kernel), padding="SAME",
                             kernel_init=self.kernel_init if layer.relu else self.output_init,
-                            dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{convs}")(x)
+                            dtype=self.dtype, param_dtype=jnp.float32,
+                            conv_general_dilated=convolution.conv_general_dilated, name=f"conv{convs}")(x)
                 if layer.relu:
                     x = nn.relu(x)
             elif isinstance(layer, arch.MaxPool):
