@@ -1,22 +1,25 @@
-"""The model's convolution: `lax.conv_general_dilated`, except narrow layers' inference on a CPU.
+"""The model's convolution: `lax.conv_general_dilated`, except for narrow layers on a CPU.
 
 XLA:CPU's convolution (Eigen) packs image patches for every output pixel, which costs far more
 than the arithmetic when a layer has few input channels and few multiply-adds per output pixel:
 the demo's first layer (3x3 kernel, 3 input channels, 16 outputs: 432 per pixel) ran at about a
-third of PyTorch's speed. Such a layer is computed here as a sum of shifted input channels times
-kernel rows, one elementwise pass that XLA fuses with the bias, ReLU and pooling after it.
-Measured on a 2-core AMD EPYC Zen 3 (batch 8, 128x128 input, 3 input channels, forward): 3x3 to
-16 outputs 6.4 -> 1.4 ms, 3x3 to 32 5.8 -> 3.6 ms; break-even near 3x3 to 64 and 5x5 to 16
-(1,200-1,700 multiply-adds per pixel); 9x9 to 16 twice as slow (3,900); 8 input channels, 3x3 to
-16, twice as slow. Hence the elementwise form for at most MAX_ELEMENTWISE_INPUTS input channels
-and MAX_ELEMENTWISE_MACS multiply-adds per output pixel; the demo's forward pass (3 stages,
-batch 8): 27 -> 22 ms.
+third of PyTorch's speed. For such a layer on a CPU (GPUs and TPUs always run XLA's convolution,
+`lax.platform_dependent`):
 
-Only where nothing is differentiated: under `jax.grad` the forward is XLA's convolution too
-(`jax.custom_vjp`), whose output is one array; the elementwise sum would be fused into, and
-recomputed inside, each consumer (the ReLU mask within the pooling gradient: a 3x3, 3-to-16 layer
-with its pooling took 17 instead of 10 ms to differentiate). Gradients are XLA's convolution
-gradients. GPUs and TPUs always run XLA's convolution (`lax.platform_dependent`).
+  * not differentiated (inference): a sum of shifted input channels times kernel rows, one
+    elementwise pass that XLA fuses with the bias, ReLU and pooling after it. Measured on a
+    2-core AMD EPYC Zen 3 (batch 8, 128x128 input, 3 input channels, forward): 3x3 to 16 outputs
+    6.4 -> 1.4 ms, 3x3 to 32 5.8 -> 3.6 ms; break-even near 3x3 to 64 and 5x5 to 16
+    (1,200-1,700 multiply-adds per pixel); 9x9 to 16 twice as slow (3,900); 8 input channels,
+    3x3 to 16, twice as slow. Hence at most MAX_ELEMENTWISE_INPUTS input channels and
+    MAX_ELEMENTWISE_MACS multiply-adds per output pixel. The demo's forward pass: 27 -> 22 ms.
+  * differentiated (training): the patch matrix (B*H*W, kh*kw*C) times the (kh*kw*C, O) kernel,
+    whose product XLA keeps as one array. The elementwise sum cannot be used there: XLA fuses it
+    into, and recomputes it inside, each consumer (the ReLU mask within the pooling gradient: a
+    3x3, 3-to-16 layer with its pooling took 17 instead of 10 ms to differentiate). The demo's
+    training gradient: 94 -> 87 ms (median 104 -> 99) against XLA's convolution.
+
+Gradients are XLA's convolution gradients (`jax.custom_vjp`).
 """
 import functools
 
@@ -34,7 +37,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated`, same arguments and result (`flax.linen.Conv(conv_general_dilated=...)`).
 
     A stride-1, undilated, ungrouped NHWC convolution with few inputs and multiply-adds per
-    output pixel (module docstring) runs elementwise on a CPU when not differentiated."""
+    output pixel (module docstring) takes the narrow-layer forms on a CPU."""
     lax_conv = functools.partial(
         lax.conv_general_dilated, window_strides=window_strides, padding=padding,
         lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -86,9 +89,22 @@ def _elementwise(x, kernel, pads):
     return out.astype(x.dtype)
 
 
+def _patch_product(x, kernel, pads):
+    """The convolution as (B, H', W', kh*kw*C) patches, channels minor, times the kernel."""
+    kh, kw, channels, outputs = kernel.shape
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    patches = jnp.concatenate([padded[:, dy:dy + out_h, dx:dx + out_w]
+                               for dy in range(kh) for dx in range(kw)], axis=-1)
+    return jnp.dot(patches, kernel.reshape(kh * kw * channels, outputs),
+                   preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 def _forward(x, kernel, pads):
-    """Differentiated: XLA's convolution (module docstring)."""
-    return _lax_conv(x, kernel, pads), (x, kernel)
+    """Differentiated: the patch product on a CPU (module docstring)."""
+    out = lax.platform_dependent(x, kernel, cpu=functools.partial(_patch_product, pads=pads),
+                                 default=functools.partial(_lax_conv, pads=pads))
+    return out, (x, kernel)
 
 
 def _backward(pads, residuals, g):

@@ -47,18 +47,23 @@ def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
     np.testing.assert_allclose(ours.astype(jnp.float32), exact, rtol=1e-2, atol=5e-2)
 
 
-def test_gradients_are_xlas():
+def test_gradients_match_xlas_and_training_uses_the_patch_product():
     x = jax.random.normal(jax.random.key(4), (2, 12, 12, 3))
     kernel = jax.random.normal(jax.random.key(5), (3, 3, 3, 16))
     cotangent = jax.random.normal(jax.random.key(6), (2, 12, 12, 16))
 
     def grads(conv):
-        return jax.jit(jax.grad(lambda a, b: jnp.sum(jax.nn.relu(conv(a, b)) * cotangent), argnums=(0, 1)))(x, kernel)
+        fn = jax.jit(jax.grad(lambda a, b: jnp.sum(jax.nn.relu(conv(a, b)) * cotangent), argnums=(0, 1)))
+        return fn(x, kernel), fn.lower(x, kernel).compile().as_text()
 
-    ours = grads(lambda a, b: convolution.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC))
-    theirs = grads(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC))
+    (ours, hlo), (theirs, _) = [grads(lambda a, b, f=f: f(a, b, (1, 1), "SAME", dimension_numbers=NHWC))
+                                for f in (convolution.conv_general_dilated, lax.conv_general_dilated)]
     for o, t in zip(ours, theirs):
-        np.testing.assert_array_equal(o, t)  # the differentiated forward is XLA's convolution too
+        np.testing.assert_allclose(o, t, rtol=1e-5, atol=1e-5)
+    # Forward: the patch product (a dot), no (2, 12, 12, 16) convolution; the two gradient
+    # convolutions remain (input: (2, 12, 12, 3); kernel).
+    assert "f32[2,12,12,16]{3,2,1,0} convolution(" not in hlo
+    assert hlo.count(" convolution(") == 2
 
 
 @pytest.mark.parametrize("kernel_shape, kwargs", [
