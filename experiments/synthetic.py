@@ -34,7 +34,7 @@ def get_config():
     t = config.training
     t.global_batch_size = 8
     # 1500 steps, held-out PCK@0.2 by stage: 0.44 / 0.80 / 0.82; `make demo` (venv included) took
-    # 6m23s on a fresh clone on a 2-core AMD EPYC Zen 3 (1m28s of it the venv; 47 img/s). Before, 4 stages with 5x5 trunk
+    # 5m20s on a fresh clone on a 2-core AMD EPYC Zen 3 (1m09s of it the venv; 56 img/s). Before, 4 stages with 5x5 trunk
     # kernels: 0.54 / 0.78 / 0.79 / 0.83 with 7x7 later-stage kernels (8m15s on that Zen 3), and
     # 0.53 / 0.80 / 0.81 / 0.84 with the paper's 11x11 (1300 steps 0.51 / 0.79 / 0.80 / 0.82, 2000
     # steps 0.62 / 0.82 / 0.84 / 0.88; 8m54s on a 2-core Xeon Sapphire Rapids, 22 img/s on the Zen 3).
