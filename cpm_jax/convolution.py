@@ -37,14 +37,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated`, same arguments and result (`flax.linen.Conv(conv_general_dilated=...)`).
 
     A stride-1, undilated, ungrouped NHWC convolution with few inputs and multiply-adds per
-    output pixel (module docstring) takes the narrow-layer forms on a CPU."""
-    lax_conv = functools.partial(
-        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
+    output pixel (module docstring) takes the narrow-layer forms on a CPU (float32 arithmetic
+    there, whatever `precision` asks)."""
     if not _is_narrow(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
                       feature_group_count, kwargs):
-        return lax_conv(lhs, rhs)
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+            precision=precision, **kwargs)
     pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(
         lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
     return _narrow_conv(lhs, rhs, tuple(tuple(p) for p in pads))
