@@ -73,29 +73,29 @@ def _lax_conv(x, kernel, pads):
     return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC)
 
 
+def _windows(x, kernel_shape, pads) -> list:
+    """The (B, H', W', C) input windows under each kernel tap (dy, dx), in row-major tap order."""
+    kh, kw = kernel_shape[:2]
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    return [padded[:, dy:dy + out_h, dx:dx + out_w] for dy in range(kh) for dx in range(kw)]
+
+
 def _elementwise(x, kernel, pads):
     """The convolution as a sum over kernel taps (dy, dx, c) of input channel c, shifted by
     (dy, dx), times kernel row (dy, dx, c, :); accumulated in float32."""
-    kh, kw, channels, _ = kernel.shape
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0))).astype(jnp.float32)
-    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-    weights = kernel.astype(jnp.float32)
-    out = None
-    for dy in range(kh):
-        for dx in range(kw):
-            for c in range(channels):
-                term = padded[:, dy:dy + out_h, dx:dx + out_w, c:c + 1] * weights[dy, dx, c]
-                out = term if out is None else out + term
-    return out.astype(x.dtype)
+    kh, kw, channels, outputs = kernel.shape
+    rows = kernel.astype(jnp.float32).reshape(kh * kw, channels, outputs)
+    terms = [window[..., c:c + 1] * rows[tap, c]
+             for tap, window in enumerate(_windows(x.astype(jnp.float32), kernel.shape, pads))
+             for c in range(channels)]
+    return functools.reduce(jnp.add, terms).astype(x.dtype)
 
 
 def _patch_product(x, kernel, pads):
     """The convolution as (B, H', W', kh*kw*C) patches, channels minor, times the kernel."""
     kh, kw, channels, outputs = kernel.shape
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-    patches = jnp.concatenate([padded[:, dy:dy + out_h, dx:dx + out_w]
-                               for dy in range(kh) for dx in range(kw)], axis=-1)
+    patches = jnp.concatenate(_windows(x, kernel.shape, pads), axis=-1)
     return jnp.dot(patches, kernel.reshape(kh * kw * channels, outputs),
                    preferred_element_type=jnp.float32).astype(x.dtype)
 
