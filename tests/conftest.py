@@ -4,6 +4,9 @@ import pathlib
 import shutil
 import tempfile
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cpm_jax import configs, runtime
@@ -17,13 +20,25 @@ def pytest_configure(config):
     module runs JAX: the XLA CPU flag, TensorFlow off GPUs, Agg, pipelines closed at exit. And one
     JAX compilation cache for the whole session: made by the first process (xdist's controller,
     before it starts the workers, which inherit the variable), used by every worker and every
-    command-line run a test starts, so that the tiny model's programs compile once."""
+    command-line run a test starts, so that the tiny model's programs compile once. It keeps
+    every program, not only those that took a second to compile (JAX's default): a tiny
+    training run's eager operations (about 170 of them, 0.05 s each) would otherwise compile
+    again in every run a test starts (a 24-step run: 35 -> 30 s).
+
+    TensorFlow's import also imports Keras (2.5 of its 12 s here), which this project never
+    uses; TF_USE_LEGACY_KERAS=1 points TensorFlow at tf_keras instead, which is not installed,
+    so that no Keras is loaded in any test process. Users' processes keep TensorFlow's default:
+    they may use tf.keras alongside."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     runtime.setup()
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._cpm_jax_made_cache = tempfile.mkdtemp(
             prefix="cpm_jax_test_jit_cache_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     import jax
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 def pytest_unconfigure(config):
@@ -50,6 +65,12 @@ def require_shared(paths, what: str) -> None:
     if running_in_ci():
         pytest.fail(f"{reason} (CI is set: the shared data must be there)", pytrace=False)
     pytest.skip(reason)
+
+
+def normal(seed: int, shape, dtype=np.float32) -> jax.Array:
+    """Standard-normal test data, drawn by NumPy: `jax.random` compiles a random-bit program for
+    every new shape (2-4 s each on XLA:CPU), which made test data the slowest part of some tests."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32), dtype)
 
 
 def tiny_config(num_stages: int = 2, input_size: int = 32, dropout_rate: float = 0.0):

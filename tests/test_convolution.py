@@ -8,6 +8,7 @@ import pytest
 from jax import lax
 
 from cpm_jax import architecture, convolution, model as cpm_model
+from tests.conftest import normal
 from tests.test_paper_defaults import experiment
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -29,8 +30,8 @@ def takes_narrow_path(x, kernel, padding="SAME") -> bool:
     ((3, 3, 3, 16), "SAME"), ((5, 5, 3, 8), "SAME"), ((2, 2, 3, 4), "SAME"), ((3, 3, 1, 5), "VALID"),
     ((3, 3, 3, 16), ((2, 0), (1, 1))), ((1, 1, 4, 32), "SAME")])
 def test_narrow_layers_match_xla(kernel_shape, padding):
-    x = jax.random.normal(jax.random.key(0), (2, 13, 11, kernel_shape[2]))
-    kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+    x = normal(0, (2, 13, 11, kernel_shape[2]))
+    kernel = normal(1, kernel_shape)
     assert takes_narrow_path(x, kernel, padding)
     ours, theirs = jax.jit(functools.partial(both, padding=padding))(x, kernel)
     assert ours.shape == theirs.shape
@@ -38,8 +39,8 @@ def test_narrow_layers_match_xla(kernel_shape, padding):
 
 
 def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
-    x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3), jnp.bfloat16)
-    kernel = jax.random.normal(jax.random.key(3), (3, 3, 3, 16), jnp.bfloat16)
+    x = normal(2, (2, 16, 16, 3), jnp.bfloat16)
+    kernel = normal(3, (3, 3, 3, 16), jnp.bfloat16)
     ours, _ = both(x, kernel, "SAME")
     exact = lax.conv_general_dilated(x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), "SAME",
                                      dimension_numbers=NHWC)
@@ -48,9 +49,9 @@ def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
 
 
 def test_gradients_match_xlas_and_training_uses_the_patch_product():
-    x = jax.random.normal(jax.random.key(4), (2, 12, 12, 3))
-    kernel = jax.random.normal(jax.random.key(5), (3, 3, 3, 16))
-    cotangent = jax.random.normal(jax.random.key(6), (2, 12, 12, 16))
+    x = normal(4, (2, 12, 12, 3))
+    kernel = normal(5, (3, 3, 3, 16))
+    cotangent = normal(6, (2, 12, 12, 16))
 
     def grads(conv):
         fn = jax.jit(jax.grad(lambda a, b: jnp.sum(jax.nn.relu(conv(a, b)) * cotangent), argnums=(0, 1)))
@@ -74,8 +75,8 @@ def test_gradients_match_xlas_and_training_uses_the_patch_product():
 ])
 def test_other_layers_go_to_xla_unchanged(kernel_shape, kwargs):
     channels = kernel_shape[2] * kwargs.get("feature_group_count", 1)
-    x = jax.random.normal(jax.random.key(7), (1, 12, 12, channels))
-    kernel = jax.random.normal(jax.random.key(8), kernel_shape)
+    x = normal(7, (1, 12, 12, channels))
+    kernel = normal(8, kernel_shape)
     ours, theirs = both(x, kernel, "SAME", **kwargs)
     np.testing.assert_array_equal(ours, theirs)
     if not kwargs:

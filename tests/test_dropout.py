@@ -13,7 +13,7 @@ import numpy as np
 
 from cpm_jax import architecture, configs
 from cpm_jax import model as cpm_model
-from tests.conftest import tiny_config
+from tests.conftest import normal, tiny_config
 
 STAGES = 3
 
@@ -23,7 +23,7 @@ def setup(num_stages: int = STAGES, dropout_rate: float = 0.5):
     m = config.model
     m.output_init = "he_normal"      # beliefs of order 1, so that differences are plain to see
     model = cpm_model.CPM(m)
-    image = 0.3 * jax.random.normal(jax.random.key(0), (2, m.input_size, m.input_size, 3))
+    image = 0.3 * normal(0, (2, m.input_size, m.input_size, 3))
     cells = m.input_size // 8      # any center map will do: a bump in the middle of the grid
     g = jnp.exp(-((jnp.arange(cells) - (cells - 1) / 2) ** 2) / 4.0)
     center = jnp.broadcast_to(jnp.outer(g, g)[None, :, :, None], (2, cells, cells, 1))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cpm_jax import architecture as arch, configs, model as cpm_model, summary
-from tests.conftest import tiny_config
+from tests.conftest import normal, tiny_config
 
 
 def test_paper_lsp_model_counts_and_shapes():
@@ -75,7 +75,7 @@ def test_paper_init_is_gaussian_001_with_zero_bias():
 def test_dropout_only_in_stage1_and_only_in_training():
     config = tiny_config(num_stages=3, dropout_rate=0.5)
     model = cpm_model.CPM(config.model)
-    image = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    image = normal(1, (2, 32, 32, 3))
     center = jnp.ones((2, 4, 4, 1))
     variables = model.init(jax.random.key(0), image, center)
     eval_a = model.apply(variables, image, center, train=False)

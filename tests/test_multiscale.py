@@ -190,7 +190,7 @@ def test_crops_and_geometry_are_training_s():
 def test_resampling_is_edge_replicated_bicubic_inside_the_input_and_zero_outside():
     """resample_sum = jax.image.scale_and_translate (Keys cubic) of the maps edge-padded by 2 cells
     (what OpenCV and MATLAB do at borders), summed over k, and 0 where the input does not reach."""
-    maps = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+    maps = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 8, 8, 3)), jnp.float32)
     scale = jnp.array([[3.3, 3.3], [5.0, 5.0]])
     translation = jnp.array([[-5.23, 7.17], [10.01, -3.03]])  # no pixel centre on an edge
     summed = np.asarray(decoding.resample_sum(maps, scale, translation, (40, 50)))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cpm_jax.pooling import caffe_max_pool
+from tests.conftest import normal
 
 
 def reference_pool(x, window, stride):
@@ -17,9 +18,9 @@ def reference_pool(x, window, stride):
 @pytest.mark.parametrize("shape", [(2, 16, 16, 3), (1, 9, 12, 2), (3, 7, 7, 1)])
 @pytest.mark.parametrize("window, stride", [(3, 2), (2, 2), (3, 1), (5, 2), (4, 3)])
 def test_values_and_gradients_match_xla(shape, window, stride):
-    x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))  # many ties at zero
+    x = jax.nn.relu(normal(0, shape))  # many ties at zero
     x = x.at[0, 0, 0, 0].set(x[0, 1, 1, 0])                        # and a tie above zero
-    cotangent = jax.random.normal(jax.random.key(1), reference_pool(x, window, stride).shape)
+    cotangent = normal(1, reference_pool(x, window, stride).shape)
     np.testing.assert_array_equal(caffe_max_pool(x, window, stride), reference_pool(x, window, stride))
     ours = jax.vjp(lambda v: caffe_max_pool(v, window, stride), x)[1](cotangent)[0]
     theirs = jax.vjp(lambda v: reference_pool(v, window, stride), x)[1](cotangent)[0]
@@ -28,7 +29,7 @@ def test_values_and_gradients_match_xla(shape, window, stride):
 
 
 def test_gradient_under_jit_and_second_call():
-    x = jax.random.normal(jax.random.key(2), (2, 10, 10, 4))
+    x = normal(2, (2, 10, 10, 4))
     grad = jax.jit(jax.grad(lambda v: jnp.sum(caffe_max_pool(v, 3, 2) ** 2)))
     ref = jax.grad(lambda v: jnp.sum(reference_pool(v, 3, 2) ** 2))(x)
     np.testing.assert_allclose(grad(x), ref, rtol=1e-6)
