@@ -35,7 +35,6 @@ def pytest_configure(config):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._cpm_jax_made_cache = tempfile.mkdtemp(
             prefix="cpm_jax_test_jit_cache_")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    import jax
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))

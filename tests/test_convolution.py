@@ -90,7 +90,7 @@ def test_model_uses_it_for_the_first_layer_only():
     model = cpm_model.CPM(m)
     image = jnp.zeros((1, m.input_size, m.input_size, 3))
     center = jnp.zeros((1, m.input_size // 8, m.input_size // 8, 1))
-    params = jax.jit(lambda: model.init(jax.random.key(0), image, center)["params"])()
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), image, center)["params"])
     hlo = jax.jit(lambda p: model.apply({"params": p}, image, center)).lower(params).compile().as_text()
     layers = (2 * architecture.image_trunk(m) + architecture.stage1_head(m)
               + (m.num_stages - 1) * (architecture.refinement_features(m) + architecture.refinement_head(m)))
