@@ -4,6 +4,7 @@ Reference section 1. Every convolution has stride 1 and "same" padding; max-pool
 Caffe ceil mode. Widths and kernel sizes come from the model config so that tests and demos can
 use tiny networks; the defaults in `experiments/` are the paper's.
 """
+import collections
 import dataclasses
 import math
 from typing import Sequence, Union
@@ -107,23 +108,49 @@ def stage_receptive_fields(m: ml_collections.ConfigDict) -> list[int]:
     return [int(f) for f in fields]
 
 
-def multiply_adds(layers: Sequence[Layer], size: int, channels: int) -> tuple[int, int, int]:
-    """(multiply-adds, output size, output channels) of `layers` on a (size, size, channels) input."""
-    total = 0
+@dataclasses.dataclass(frozen=True)
+class ConvAt:
+    """A convolution as the forward pass runs it: on a (size, size, in_channels) input; `on_image`
+    when that input is the image (no gradient flows into it in training)."""
+    size: int
+    in_channels: int
+    kernel: int
+    features: int
+    on_image: bool = False
+
+    @property
+    def multiply_adds(self) -> int:
+        """Per image: size^2 output pixels x kernel^2 x in_channels x features."""
+        return self.size ** 2 * self.kernel ** 2 * self.in_channels * self.features
+
+
+def convolutions_at(layers: Sequence[Layer], size: int, channels: int,
+                    on_image: bool = False) -> tuple[list[ConvAt], int, int]:
+    """(each convolution of `layers` on a (size, size, channels) input, output size, output channels)."""
+    convs = []
     for layer in layers:
         if isinstance(layer, Conv):
-            total += size * size * layer.kernel ** 2 * channels * layer.features
+            convs.append(ConvAt(size, channels, layer.kernel, layer.features, on_image and not convs))
             channels = layer.features
         elif isinstance(layer, MaxPool):
             size = pooled_size(size, [layer])
-    return total, size, channels
+    return convs, size, channels
+
+
+def model_convolutions(m: ml_collections.ConfigDict) -> collections.Counter:
+    """How many times one forward pass runs each distinct convolution: {ConvAt: count}."""
+    stage1, _, _ = convolutions_at(image_trunk(m) + stage1_head(m), m.input_size, 3, on_image=True)
+    counts = collections.Counter(stage1)
+    if m.num_stages > 1:
+        trunk, size, channels = convolutions_at(image_trunk(m), m.input_size, 3, on_image=True)
+        features, _, _ = convolutions_at(refinement_features(m), size, channels)
+        head, _, _ = convolutions_at(refinement_head(m), size, concat_channels(m))
+        counts.update(trunk)
+        for _ in range(1, m.num_stages):
+            counts.update(features + head)
+    return counts
 
 
 def forward_multiply_adds(m: ml_collections.ConfigDict) -> int:
     """Convolution multiply-adds of one forward pass on one (input_size, input_size, 3) image."""
-    stage1, _, _ = multiply_adds(image_trunk(m) + stage1_head(m), m.input_size, 3)
-    trunk, size, channels = multiply_adds(image_trunk(m), m.input_size, 3)
-    features, _, _ = multiply_adds(refinement_features(m), size, channels)
-    head, _, _ = multiply_adds(refinement_head(m), size, concat_channels(m))
-    later = m.num_stages - 1
-    return stage1 + (trunk if later else 0) + later * (features + head)
+    return sum(conv.multiply_adds * count for conv, count in model_convolutions(m).items())

@@ -18,6 +18,10 @@ One run measures, on whatever backend JAX finds:
     matrix product reaches here (clocks may boost above the nominal);
   * memory: peak host memory of the process after the JAX parts (ru_maxrss) and, on an
     accelerator, JAX's peak device memory.
+  * layers (only when asked: `--parts train,layers`): each distinct convolution of the model
+    (`architecture.model_convolutions`) timed alone, forward and training (forward and
+    gradients), with how many times the model runs it, summed over the model and set against
+    the whole training step: where the step's time goes, layer by layer against PyTorch.
 `--compare torch` builds the same network in PyTorch (`torch_peer.py`: same layers, Caffe ceil-mode
 pooling, parameter count checked, the JAX parameters copied in), times the same batch in the same
 process, alternating rounds of JAX and PyTorch steps, and prints JAX / PyTorch ratios.
@@ -25,6 +29,8 @@ process, alternating rounds of JAX and PyTorch steps, and prints JAX / PyTorch r
 The table is for people; `--json` adds one JSON object as the last line (keys in `summarise`).
 """
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -38,12 +44,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from flax import linen as nn
 from ml_collections import config_flags
 
-from cpm_jax import architecture, cli, configs, errors, model as cpm_model, runtime, state as train_states, train
+from cpm_jax import architecture, cli, configs, convolution, errors, model as cpm_model, runtime, state as train_states, train
 from data_pipelines import registry
 
-PARTS = ("train", "inference", "pipeline", "fed")
+PARTS = ("train", "inference", "pipeline", "fed", "layers")
+DEFAULT_PARTS = PARTS[:4]
+# One timed sample of a single convolution repeats it for about this long: a millisecond call
+# timed alone after `alternate`'s pause meets cores still waking (up to 2x slower).
+LAYER_SAMPLE_S = 0.05
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
 TORCH_MISSING = "PyTorch is not installed (pip install -e '.[bench]' adds the CPU build, torch 2.13)"
 # Dense peak TFLOP/s (bfloat16, float32) by a substring of `device.device_kind`; vendor sheets.
@@ -272,6 +283,67 @@ def _with_batch(config: ml_collections.ConfigDict, batch: int) -> ml_collections
     return config
 
 
+def jax_layer(conv: architecture.ConvAt, batch: int, dtype: str, seed: int = 0) -> tuple[Callable, Callable]:
+    """(forward, train) of one convolution with bias as the model runs it (`nn.Conv` with
+    `convolution.conv_general_dilated`, "SAME"), compiled, on a random (B, size, size, in_channels)
+    input: forward() not differentiated; train() the forward pass and the gradients of the kernel,
+    the bias and, unless `conv.on_image`, the input, for a fixed output cotangent."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((batch, conv.size, conv.size, conv.in_channels), np.float32), dtype)
+    kernel = jnp.asarray(rng.standard_normal((conv.kernel, conv.kernel, conv.in_channels, conv.features), np.float32))
+    bias = jnp.zeros((conv.features,), jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal((batch, conv.size, conv.size, conv.features), np.float32), dtype)
+    layer = nn.Conv(conv.features, (conv.kernel, conv.kernel), padding="SAME", dtype=dtype,
+                    conv_general_dilated=convolution.conv_general_dilated)
+    variables = {"params": {"kernel": kernel, "bias": bias}}
+
+    def apply(variables, x):
+        return layer.apply(variables, x)
+
+    def gradients(variables, x):
+        _, vjp = jax.vjp(apply, variables, x)
+        grads = vjp(cotangent)
+        return grads[0] if conv.on_image else grads
+
+    forward = jax.jit(apply).lower(variables, x).compile()
+    train_ = jax.jit(gradients).lower(variables, x).compile()
+    return (lambda: forward(variables, x)), (lambda: train_(variables, x))
+
+
+def layer_times(config: ml_collections.ConfigDict, batch: int, steps: int, compare: str,
+                pause: float = 0.5) -> list[dict]:
+    """Median milliseconds of each distinct convolution of the model (`architecture.model_convolutions`),
+    forward and training (forward + gradients), in JAX and, with compare="torch", PyTorch,
+    alternating frameworks (`alternate`, `pause` seconds between runners); one dict per
+    convolution, with how many times the forward pass runs it."""
+    rows = []
+    for conv, count in architecture.model_convolutions(config.model).items():
+        runners = dict(zip(("jax_forward", "jax_train"), jax_layer(conv, batch, config.model.dtype)))
+        if compare == "torch":
+            from cpm_jax import torch_peer
+            runners.update(zip(("torch_forward", "torch_train"), torch_peer.make_layer(conv, batch)))
+        repeats = {name: calls_lasting(LAYER_SAMPLE_S, run) for name, run in runners.items()}
+        times = alternate({name: functools.partial(repeat, run, repeats[name]) for name, run in runners.items()},
+                          steps, rounds=2 if compare else 1, pause=pause)
+        rows.append({**dataclasses.asdict(conv), "count": count,
+                     **{f"{name}_ms": 1e3 * statistics.median(seconds) / repeats[name]
+                        for name, seconds in times.items()}})
+    return rows
+
+
+def calls_lasting(seconds: float, run: Callable[[], object]) -> int:
+    """How many calls of `run` (after one to warm it up) take about `seconds`, at least one."""
+    timed(run)
+    return max(1, round(seconds / max(timed(run), 1e-6)))
+
+
+def repeat(run: Callable[[], object], calls: int):
+    """Calls `run` `calls` times, each waited for; returns the last result."""
+    for _ in range(calls - 1):
+        jax.block_until_ready(run())
+    return run()
+
+
 # ---------------------------------------------------------------------------------------------
 # The PyTorch peer
 
@@ -306,7 +378,7 @@ class TorchPeer:
 
 def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tuple[str, ...],
             compare: str = "", pipeline_batches: int = 20, peak_gflops: float = 0.0,
-            rounds: int = 2, on_progress: Callable[[str], None] = lambda line: None) -> dict:
+            rounds: int = 2, pause: float = 0.5, on_progress: Callable[[str], None] = lambda line: None) -> dict:
     """Every figure of the module docstring, as one flat dict (`summarise` lists the keys)."""
     config = configs.resolve_dtype(config, jax.default_backend())
     if batch % jax.local_device_count():
@@ -368,7 +440,7 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
                 runners["torch_inference"] = peer.run
     on_progress(f"timing {steps} steps of: {', '.join(runners)}")
     with compilations() as timed_compilations:
-        times = alternate(runners, steps, rounds if peer else 1)
+        times = alternate(runners, steps, rounds if peer else 1, pause)
     out["recompilations"] = len(again) + len(timed_compilations)
     for name, seconds in times.items():
         for key, value in spread(seconds, batch).items():
@@ -389,6 +461,12 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
         for kind in ("train", "inference"):
             if f"torch_{kind}_images_per_s" in out:
                 out[f"{kind}_ratio"] = out[f"jax_{kind}_images_per_s"] / out[f"torch_{kind}_images_per_s"]
+    if "layers" in parts:
+        on_progress(f"timing each convolution, {steps} calls of each kind")
+        out["layers"] = layer_times(config, batch, steps, compare if peer else "", pause)
+        for name in ("jax_forward", "jax_train", "torch_forward", "torch_train"):
+            if f"{name}_ms" in out["layers"][0]:
+                out[f"layers_{name}_ms"] = sum(row["count"] * row[f"{name}_ms"] for row in out["layers"])
     if "pipeline" in parts:
         on_progress(f"timing the input pipeline ({pipeline_batches} batches)")
         out["pipeline_images_per_s"] = pipeline_rate(config, batch, pipeline_batches)
@@ -429,6 +507,8 @@ def summarise(out: dict) -> str:
         rows.append(("JAX train fed by it", f"{out['fed_train_images_per_s']:.1f}", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if "layers" in out:
+        lines += layer_table(out)
     if "train_images_per_s" in out:
         fraction = out.get("train_peak_fraction")
         lines.append(f"train: {out['train_gflops_per_s']:.1f} GFLOP/s achieved"
@@ -448,6 +528,35 @@ def summarise(out: dict) -> str:
     if "torch_skipped" in out:
         lines.append(f"PyTorch comparison skipped: {out['torch_skipped']}")
     return "\n".join(lines)
+
+
+def layer_table(out: dict) -> list[str]:
+    """The `layers` part as table lines: per convolution and summed over the model (x count),
+    milliseconds and the PyTorch / JAX time ratio (> 1: JAX is faster, as the images/s ratios)."""
+    torch_ = "layers_torch_train_ms" in out
+    head = ("convolution (per batch)", "count", "JAX fwd ms", "JAX train ms")
+    head += ("PyTorch fwd ms", "PyTorch train ms", "fwd vs PyTorch", "train vs PyTorch") if torch_ else ()
+
+    def cells(label, count, jf, jt, tf=None, tt=None):
+        row = (label, str(count), f"{jf:.2f}", f"{jt:.2f}")
+        return row + (f"{tf:.2f}", f"{tt:.2f}", f"{tf / jf:.2f}x", f"{tt / jt:.2f}x") if torch_ else row
+
+    rows = [head]
+    for r in out["layers"]:
+        label = (f"{r['size']}x{r['size']}x{r['in_channels']} -> {r['features']}, {r['kernel']}x{r['kernel']}"
+                 + (" (image)" if r["on_image"] else ""))
+        rows.append(cells(label, r["count"], r["jax_forward_ms"], r["jax_train_ms"],
+                          r.get("torch_forward_ms"), r.get("torch_train_ms")))
+    rows.append(cells("all convolutions of the model", sum(r["count"] for r in out["layers"]),
+                      out["layers_jax_forward_ms"], out["layers_jax_train_ms"],
+                      out.get("layers_torch_forward_ms"), out.get("layers_torch_train_ms")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if "jax_train_median_s" in out:
+        step_ms = 1e3 * out["jax_train_median_s"]
+        lines.append(f"the whole JAX training step: {step_ms:.1f} ms, of which its convolutions timed alone "
+                     f"{out['layers_jax_train_ms']:.1f} ms ({100 * out['layers_jax_train_ms'] / step_ms:.0f}%)")
+    return lines
 
 
 FLAGS = flags.FLAGS
@@ -477,7 +586,7 @@ if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
     flags.DEFINE_integer("batch", 0, "Images per step (0: the config's training.global_batch_size).", lower_bound=0)
     flags.DEFINE_integer("steps", 10, "Timed steps of each kind, after compilation and the first step.", lower_bound=1)
-    flags.DEFINE_list("parts", list(PARTS), f"What to measure, of: {', '.join(PARTS)}.")
+    flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"What to measure, of: {', '.join(PARTS)}.")
     flags.DEFINE_enum("compare", "", ["", "torch"], "Also time the same network in PyTorch (pip install -e '.[bench]').")
     flags.DEFINE_integer("pipeline_batches", 20, "Batches timed of the input pipeline alone.", lower_bound=1)
     flags.DEFINE_float("peak_gflops", 0.0, "The device's FP32 (CPU) or compute-dtype peak, GFLOP/s (0: reckon it).")

@@ -217,6 +217,32 @@ def make_train_step(module: TorchCPM, config: ml_collections.ConfigDict) -> Call
     return step
 
 
+def make_layer(conv: arch.ConvAt, batch: int, seed: int = 0) -> tuple[Callable[[], object], Callable[[], object]]:
+    """(forward, train) of one convolution with bias as `TorchCPM` runs it (channels_last, the
+    process's threads as `build` sets them), on a random (B, in_channels, size, size) input:
+    forward() under torch.inference_mode(); train() the forward pass and its backward with a
+    fixed output gradient, into the weight, the bias and, unless `conv.on_image`, the input."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rng = np.random.default_rng(seed)
+    layer = nn.Conv2d(conv.in_channels, conv.features, conv.kernel, padding="same").to(memory_format=MEMORY_FORMAT)
+    x = torch.from_numpy(rng.standard_normal((batch, conv.in_channels, conv.size, conv.size), np.float32))
+    x = x.to(memory_format=MEMORY_FORMAT).requires_grad_(not conv.on_image)
+    grad = torch.from_numpy(rng.standard_normal((batch, conv.features, conv.size, conv.size), np.float32))
+    grad = grad.to(memory_format=MEMORY_FORMAT)
+
+    def forward():
+        with torch.inference_mode():
+            return layer(x)
+
+    def train():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).backward(grad)
+        return layer.weight.grad
+
+    return forward, train
+
+
 def make_inference(module: TorchCPM) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """predict(image (B, H, W, 3), center map (B, h, w, 1)) -> beliefs (B, T, h, w, P+1) numpy,
     in eval mode (no dropout) under torch.inference_mode()."""

@@ -1,15 +1,17 @@
 """`python -m cpm_jax.bench`: runs on the tiny config, prints the table and one JSON line, and
 compares with the PyTorch peer where PyTorch is installed (CI installs the `bench` extra). No
 timing thresholds: figures only have to be there and be positive."""
+import collections
 import importlib.util
 import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import cpm_jax
-from cpm_jax import bench, summary
+from cpm_jax import architecture, bench, configs, state as train_states, summary
 from tests.conftest import ROOT, python_env, tiny_config
 
 TORCH = importlib.util.find_spec("torch") is not None
@@ -55,7 +57,36 @@ def test_without_torch_the_comparison_is_skipped_with_the_reason(monkeypatch):
 def test_parts_are_checked_before_anything_runs():
     result = run_bench("--parts", "train,speed")
     assert result.returncode == 1
-    assert "--parts: unknown speed; known: train, inference, pipeline, fed" in result.stderr
+    assert "--parts: unknown speed; known: train, inference, pipeline, fed, layers" in result.stderr
+
+
+@pytest.mark.parametrize("which", ["tiny", "paper"])
+def test_the_layer_list_names_every_convolution_kernel_of_the_model(which):
+    config = tiny_config(num_stages=3) if which == "tiny" else configs.paper_config("lsp")
+    kernels = collections.Counter(
+        leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(train_states.abstract(config).params)
+        if path[-1].key == "kernel")
+    listed = collections.Counter()
+    for conv, count in architecture.model_convolutions(config.model).items():
+        listed[(conv.kernel, conv.kernel, conv.in_channels, conv.features)] += count
+    assert listed == kernels
+    on_image = [conv for conv in architecture.model_convolutions(config.model) if conv.on_image]
+    assert [(c.size, c.in_channels) for c in on_image] == [(config.model.input_size, 3)]
+
+
+@pytest.mark.skipif(not TORCH, reason="PyTorch is not installed: pip install -e '.[bench]' (CI installs it)")
+def test_layers_part_times_each_convolution_in_both_frameworks_and_sums_them_over_the_model():
+    config = tiny_config(num_stages=3)
+    out = bench.measure(config, batch=2, steps=1, parts=("train", "layers"), compare="torch", pause=0)
+    counts = architecture.model_convolutions(config.model)
+    assert [(r["size"], r["in_channels"], r["kernel"], r["features"], r["count"]) for r in out["layers"]] == [
+        (c.size, c.in_channels, c.kernel, c.features, n) for c, n in counts.items()]
+    for kind in ("jax_forward", "jax_train", "torch_forward", "torch_train"):
+        assert all(r[f"{kind}_ms"] > 0 for r in out["layers"]), kind
+        assert out[f"layers_{kind}_ms"] == pytest.approx(sum(r["count"] * r[f"{kind}_ms"] for r in out["layers"]))
+    table = bench.summarise(out)
+    assert "all convolutions of the model" in table and "the whole JAX training step:" in table
+    assert f"{config.model.input_size}x{config.model.input_size}x3 -> " in table and "(image)" in table
 
 
 def test_cpu_peak_reckoning():
