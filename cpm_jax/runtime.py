@@ -14,7 +14,11 @@ done here, explicitly, once:
     compilation), not at `import jax` (an unknown flag set after `import jax` still aborts at
     the first `jax.devices()`; set after that, it is ignored), so setup() works after
     `import jax` but not once JAX has run anything; it logs what it did and why, or why not.
-  * TensorFlow kept off GPUs: it only feeds the input pipeline; JAX owns the accelerators.
+  * TensorFlow kept off GPUs: it only feeds the input pipeline; JAX owns the accelerators. Not
+    imported here: the modules that run TensorFlow import it through `import_tensorflow()`,
+    which hides the GPUs from it where setup() asked for that, so that a run that stops before
+    it builds a pipeline (a bad flag, config value or path) never pays TensorFlow's import
+    (3-12 s on 2 CPU cores).
   * matplotlib's Agg backend (the CLIs only write files; no display needed).
   * open `pipeline.NumpyBatches` closed at exit: tf.data pipelines that call Python
     (`tf.numpy_function`) hang the interpreter's exit while their iterator is alive.
@@ -52,9 +56,8 @@ _done: set[str] = set()
 def setup(*, tensorflow: bool = True) -> None:
     """Prepares this process for a run; idempotent, and cheap after the first call.
 
-    tensorflow: import TensorFlow now, quietly (its C++ start-up notices, e.g. "oneDNN custom
-      operations are on", would otherwise precede every message a user reads), and keep it off
-      the GPUs; tools that never run TensorFlow (`summary`, `evaluate score`) pass False."""
+    tensorflow: keep TensorFlow off the GPUs once it is imported (`import_tensorflow`; now, if
+      it already is); tools that never run TensorFlow (`summary`, `evaluate score`) pass False."""
     if "xla" not in _done:
         _done.add("xla")
         logging.info("runtime: %s", prefer_eigen_cpu_convolutions())
@@ -70,7 +73,20 @@ def setup(*, tensorflow: bool = True) -> None:
         atexit.register(_close_open_pipelines)
     if tensorflow and "tensorflow" not in _done:
         _done.add("tensorflow")
-        _hide_gpus_from_tensorflow()
+        if "tensorflow" in sys.modules:  # imported already (a notebook, a test session)
+            import_tensorflow()
+
+
+def import_tensorflow():
+    """The `tensorflow` module, for the modules that run it (input pipeline, summaries): imported
+    quietly (its C++ start-up notices, e.g. "oneDNN custom operations are on", would otherwise
+    precede every message a user reads), and kept off the GPUs once `setup()` has asked for it.
+    Raises errors.UserError (MISSING_TENSORFLOW) where TensorFlow is not installed."""
+    tf = _import_tensorflow_quietly()
+    if "tensorflow" in _done and "gpus_hidden" not in _done:
+        _done.add("gpus_hidden")
+        _hide_gpus_from_tensorflow(tf)
+    return tf
 
 
 def prefer_eigen_cpu_convolutions() -> str:
@@ -190,12 +206,11 @@ def _import_tensorflow_quietly():
     return tensorflow
 
 
-def _hide_gpus_from_tensorflow() -> None:
+def _hide_gpus_from_tensorflow(tf) -> None:
     """`tf.config.set_visible_devices([], "GPU")`, as Flax's examples and big_vision do in main.
 
     TensorFlow initialises its devices on first use (not at import); after that the list is
     fixed and this only warns."""
-    tf = _import_tensorflow_quietly()
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError as error:  # devices already initialised

@@ -18,7 +18,8 @@ class Writer:
     `close`)."""
 
     def __init__(self, logdir: str):
-        import tensorflow as tf
+        from cpm_jax import runtime
+        tf = runtime.import_tensorflow()
         from tensorflow.core.framework import summary_pb2
         self._tf = tf
         self._writer = tf.summary.create_file_writer(logdir)

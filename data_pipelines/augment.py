@@ -16,9 +16,11 @@ import math
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
+from cpm_jax import runtime
+
+tf = runtime.import_tensorflow()
 GREY = 128
 
 

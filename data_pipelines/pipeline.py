@@ -36,17 +36,12 @@ from typing import Iterator
 
 import ml_collections
 import numpy as np
-try:
-    import tensorflow as tf
-except ModuleNotFoundError as _error:   # a notebook importing the pipeline without TensorFlow
-    if _error.name != "tensorflow":
-        raise
-    from cpm_jax.runtime import MISSING_TENSORFLOW
-    raise ModuleNotFoundError(MISSING_TENSORFLOW, name="tensorflow") from None
 
-from cpm_jax import architecture
+from cpm_jax import architecture, runtime
 from cpm_jax.errors import UserError
 from data_pipelines import augment, registry, targets
+
+tf = runtime.import_tensorflow()
 
 _FIELDS = {  # record field -> (dtype, shape given P parts)
     "image": (tf.uint8, lambda p: [None, None, 3]),

@@ -4,9 +4,11 @@ Coordinates are (x, y) input pixels, 0-based, integer values at pixel centres. H
 (along x or y) covers input pixels 8g .. 8g+7 and is centred at input pixel 3.5 + 8g.
 """
 import numpy as np
-import tensorflow as tf
 
+from cpm_jax import runtime
 from cpm_jax.architecture import STRIDE
+
+tf = runtime.import_tensorflow()
 TARGET_SIGMA_PX = 7.0
 TARGET_CUTOFF = 0.01
 CENTER_SIGMA_PX = 21.0

@@ -60,10 +60,13 @@ import time
 from typing import Optional
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
 
+from cpm_jax import runtime
 from cpm_jax.errors import BadExampleError, DataError
+
+runtime.import_tensorflow()  # before tensorflow_datasets imports it: quietly, GPUs hidden
+import tensorflow_datasets as tfds
 from data_pipelines import records, skeleton, sources
 
 VERSION = "1.1.0"

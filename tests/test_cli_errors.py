@@ -50,6 +50,21 @@ def test_rejected_value_names_key_value_and_rule(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_that_fails_before_its_pipeline_never_imports_tensorflow(tmp_path):
+    """TensorFlow's import (3-12 s on 2 cores) waits for the first pipeline (runtime.import_tensorflow)."""
+    script = ("import atexit, runpy, sys\n"
+              "atexit.register(lambda: print('imported:', sorted(m for m in sys.modules if m.startswith(('tensorflow', 'cpm_jax')))))\n"
+              "sys.argv = ['train'] + sys.argv[1:]\n"
+              "runpy.run_module('cpm_jax.train', run_name='__main__', alter_sys=True)\n")
+    result = subprocess.run([sys.executable, "-c", script, "--config", TINY, "--workdir", str(tmp_path / "w"),
+                             "--config.model.num_stages=0"], capture_output=True, text=True, env=python_env(),
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 1 and "config.model.num_stages = 0" in result.stderr, result.stderr[-3000:]
+    imported = result.stdout.split("imported:")[-1]
+    assert "'cpm_jax.runtime'" in imported  # the check sees what the run imported
+    assert "tensorflow" not in imported
+
+
 @pytest.mark.parametrize("name, text, names", [
     ("missing.py", None, ["missing.py", "no such file"]),
     ("broken.py", "def get_config(:\n    pass\n", ["broken.py:1", "syntax error"]),
