@@ -300,10 +300,10 @@ def jax_layer(conv: architecture.ConvAt, batch: int, dtype: str, seed: int = 0) 
     def apply(variables, x):
         return layer.apply(variables, x)
 
-    def gradients(variables, x):
-        _, vjp = jax.vjp(apply, variables, x)
+    def gradients(variables, x):  # the output too: a convolution's gradients do not need it
+        out, vjp = jax.vjp(apply, variables, x)
         grads = vjp(cotangent)
-        return grads[0] if conv.on_image else grads
+        return out, (grads[0] if conv.on_image else grads)
 
     forward = jax.jit(apply).lower(variables, x).compile()
     train_ = jax.jit(gradients).lower(variables, x).compile()
