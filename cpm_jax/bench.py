@@ -462,7 +462,7 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
             if f"torch_{kind}_images_per_s" in out:
                 out[f"{kind}_ratio"] = out[f"jax_{kind}_images_per_s"] / out[f"torch_{kind}_images_per_s"]
     if "layers" in parts:
-        on_progress(f"timing each convolution, {steps} calls of each kind")
+        on_progress(f"timing each convolution: {steps} samples of each kind, {LAYER_SAMPLE_S:g} s each")
         out["layers"] = layer_times(config, batch, steps, compare if peer else "", pause)
         for name in ("jax_forward", "jax_train", "torch_forward", "torch_train"):
             if f"{name}_ms" in out["layers"][0]:
@@ -505,8 +505,7 @@ def summarise(out: dict) -> str:
         rows.append(("input pipeline alone", f"{out['pipeline_images_per_s']:.1f}", "", "", ""))
     if "fed_train_images_per_s" in out:
         rows.append(("JAX train fed by it", f"{out['fed_train_images_per_s']:.1f}", "", "", ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += aligned(rows)
     if "layers" in out:
         lines += layer_table(out)
     if "train_images_per_s" in out:
@@ -530,6 +529,12 @@ def summarise(out: dict) -> str:
     return "\n".join(lines)
 
 
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Table lines: each column left-aligned to its widest cell, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
 def layer_table(out: dict) -> list[str]:
     """The `layers` part as table lines: per convolution and summed over the model (x count),
     milliseconds and the PyTorch / JAX time ratio (> 1: JAX is faster, as the images/s ratios)."""
@@ -550,8 +555,7 @@ def layer_table(out: dict) -> list[str]:
     rows.append(cells("all convolutions of the model", sum(r["count"] for r in out["layers"]),
                       out["layers_jax_forward_ms"], out["layers_jax_train_ms"],
                       out.get("layers_torch_forward_ms"), out.get("layers_torch_train_ms")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = aligned(rows)
     if "jax_train_median_s" in out:
         step_ms = 1e3 * out["jax_train_median_s"]
         lines.append(f"the whole JAX training step: {step_ms:.1f} ms, of which its convolutions timed alone "
