@@ -14,11 +14,11 @@ done here, explicitly, once:
     compilation), not at `import jax` (an unknown flag set after `import jax` still aborts at
     the first `jax.devices()`; set after that, it is ignored), so setup() works after
     `import jax` but not once JAX has run anything; it logs what it did and why, or why not.
-  * TensorFlow kept off GPUs: it only feeds the input pipeline; JAX owns the accelerators. Not
-    imported here: the modules that run TensorFlow import it through `import_tensorflow()`,
-    which hides the GPUs from it where setup() asked for that, so that a run that stops before
-    it builds a pipeline (a bad flag, config value or path) never pays TensorFlow's import
-    (3-12 s on 2 CPU cores).
+  * TensorFlow kept off GPUs: it only feeds the input pipeline; JAX owns the accelerators. Only
+    found here (a run without it stops at once), not imported: the modules that run TensorFlow
+    import it through `import_tensorflow()`, which hides the GPUs from it where setup() asked
+    for that, so that a run that stops before it builds a pipeline (a bad flag, config value or
+    path) never pays TensorFlow's import (3-12 s on 2 CPU cores).
   * matplotlib's Agg backend (the CLIs only write files; no display needed).
   * open `pipeline.NumpyBatches` closed at exit: tf.data pipelines that call Python
     (`tf.numpy_function`) hang the interpreter's exit while their iterator is alive.
@@ -56,8 +56,10 @@ _done: set[str] = set()
 def setup(*, tensorflow: bool = True) -> None:
     """Prepares this process for a run; idempotent, and cheap after the first call.
 
-    tensorflow: keep TensorFlow off the GPUs once it is imported (`import_tensorflow`; now, if
-      it already is); tools that never run TensorFlow (`summary`, `evaluate score`) pass False."""
+    tensorflow: check that TensorFlow is installed (errors.UserError MISSING_TENSORFLOW if not;
+      finding it imports nothing) and keep it off the GPUs once it is imported
+      (`import_tensorflow`; now, if it already is); tools that never run TensorFlow (`summary`,
+      `evaluate score`) pass False."""
     if "xla" not in _done:
         _done.add("xla")
         logging.info("runtime: %s", prefer_eigen_cpu_convolutions())
@@ -72,6 +74,9 @@ def setup(*, tensorflow: bool = True) -> None:
         _done.add("exit")
         atexit.register(_close_open_pipelines)
     if tensorflow and "tensorflow" not in _done:
+        if importlib.util.find_spec("tensorflow") is None:  # fail now, before any output is written
+            from cpm_jax import errors
+            raise errors.UserError(MISSING_TENSORFLOW)
         _done.add("tensorflow")
         if "tensorflow" in sys.modules:  # imported already (a notebook, a test session)
             import_tensorflow()

@@ -65,6 +65,22 @@ def test_a_run_that_fails_before_its_pipeline_never_imports_tensorflow(tmp_path)
     assert "tensorflow" not in imported
 
 
+def test_without_tensorflow_a_run_stops_at_once_saying_how_to_install_it(tmp_path):
+    """As if TensorFlow were not installed (importlib cannot find it): the error comes from
+    runtime.setup(), before the run writes anything into its workdir."""
+    script = ("import importlib.util, runpy, sys\n"
+              "find_spec = importlib.util.find_spec\n"
+              "importlib.util.find_spec = lambda name, *a: None if name == 'tensorflow' else find_spec(name, *a)\n"
+              "sys.argv = ['cpm_jax.train'] + sys.argv[1:]\n"
+              "runpy.run_module('cpm_jax.train', run_name='__main__', alter_sys=True)\n")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script, "--config", TINY, "--workdir", str(tmp_path / "w")],
+                            capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=120)
+    check_short_error(result, time.monotonic() - start, "cpm_jax.train", "TensorFlow is not installed",
+                      "pip install 'cpm_jax[tf]'")
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("name, text, names", [
     ("missing.py", None, ["missing.py", "no such file"]),
     ("broken.py", "def get_config(:\n    pass\n", ["broken.py:1", "syntax error"]),
