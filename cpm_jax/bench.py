@@ -316,11 +316,12 @@ def layer_times(config: ml_collections.ConfigDict, batch: int, steps: int, compa
     forward and training (forward + gradients), in JAX and, with compare="torch", PyTorch,
     alternating frameworks (`alternate`, `pause` seconds between runners); one dict per
     convolution, with how many times the forward pass runs it."""
+    if compare == "torch":
+        from cpm_jax import torch_peer
     rows = []
     for conv, count in architecture.model_convolutions(config.model).items():
         runners = dict(zip(("jax_forward", "jax_train"), jax_layer(conv, batch, config.model.dtype)))
         if compare == "torch":
-            from cpm_jax import torch_peer
             runners.update(zip(("torch_forward", "torch_train"), torch_peer.make_layer(conv, batch)))
         repeats = {name: calls_lasting(LAYER_SAMPLE_S, run) for name, run in runners.items()}
         times = alternate({name: functools.partial(repeat, run, repeats[name]) for name, run in runners.items()},
