@@ -16,6 +16,9 @@ One run measures, on whatever backend JAX finds:
     against the device's peak (CPU: cores x nominal GHz x FLOP/cycle from /proc/cpuinfo; an
     accelerator: the vendor's figure; `--peak_gflops` overrides) and against the rate a large
     matrix product reaches here (clocks may boost above the nominal);
+  * memory bandwidth: GB/s an elementwise pass moves over an array larger than the caches and
+    over one that fits in them, the ceiling of the step's memory-bound parts (ReLU, pooling,
+    pads, layout changes), which a 2-core cloud VM can hold to a few GB/s from main memory;
   * memory: peak host memory of the process after the JAX parts (ru_maxrss) and, on an
     accelerator, JAX's peak device memory.
   * layers (only when asked: `--parts train,layers`): each distinct convolution of the model
@@ -55,6 +58,8 @@ DEFAULT_PARTS = PARTS[:4]
 # One timed sample of a single convolution repeats it for about this long: a millisecond call
 # timed alone after `alternate`'s pause meets cores still waking (up to 2x slower).
 LAYER_SAMPLE_S = 0.05
+MEMORY_MIB = (256, 2048)  # arrays well past a CPU's / an accelerator's caches
+CACHE_MIB = 4
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
 TORCH_MISSING = "PyTorch is not installed (pip install -e '.[bench]' adds the CPU build, torch 2.13)"
 # Dense peak TFLOP/s (bfloat16, float32) by a substring of `device.device_kind`; vendor sheets.
@@ -155,6 +160,17 @@ def matmul_gflops(dtype: str, size: int) -> float:
     product = jax.jit(jnp.dot).lower(a, a).compile()
     seconds = statistics.median([timed(lambda: product(a, a)) for _ in range(7)])
     return 2 * size ** 3 / seconds / 1e9
+
+
+def elementwise_gb_per_s(mib: int) -> float:
+    """GB/s (read plus write) of `x * 2` over a float32 array of `mib` MiB on JAX's default
+    device: main memory's bandwidth for an array larger than the caches, the caches' for one that
+    fits in them."""
+    x = jnp.ones((mib * 2 ** 18,), jnp.float32)
+    double = jax.jit(lambda x: x * 2).lower(x).compile()
+    calls = calls_lasting(LAYER_SAMPLE_S, lambda: double(x))
+    seconds = statistics.median([timed(lambda: repeat(lambda: double(x), calls)) for _ in range(5)]) / calls
+    return 2 * x.nbytes / seconds / 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,12 +408,16 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
     forward_flops = 2 * architecture.forward_multiply_adds(m)
     on_progress("timing a large matrix product (the practical peak)")
     matmul = matmul_gflops(m.dtype, 2048 if device.platform == "cpu" else 8192)
+    on_progress("timing elementwise passes (memory bandwidth)")
+    bandwidth = {"memory_gb_per_s": elementwise_gb_per_s(MEMORY_MIB[device.platform != "cpu"]),
+                 "cache_gb_per_s": elementwise_gb_per_s(CACHE_MIB)}
     out = {
         "config": {"input_size": m.input_size, "num_stages": m.num_stages, "dtype": m.dtype,
                    "batch": batch, "trunk_features": m.trunk_features, "stage_features": m.stage_features},
         "backend": jax.default_backend(), "device": device.device_kind, "devices": jax.local_device_count(),
         "host": platform.node(), "cpu_cores": len(os.sched_getaffinity(0)),
         "jax": jax.__version__, "peak_gflops": peak, "peak_reckoned": peak_note, "matmul_gflops": matmul,
+        **bandwidth,
         "forward_gflops_per_image": forward_flops / 1e9,
         "train_gflops_per_image": 3 * forward_flops / 1e9,
     }
@@ -488,6 +508,8 @@ def summarise(out: dict) -> str:
              + (f", torch {out['torch']} ({out['torch_threads']} threads)" if "torch" in out else "")]
     lines.append(f"peak assumed: {out['peak_reckoned']}; a large matrix product reaches "
                  f"{out['matmul_gflops']:.0f} GFLOP/s here")
+    lines.append(f"memory bandwidth: {out['memory_gb_per_s']:.1f} GB/s over arrays larger than the caches, "
+                 f"{out['cache_gb_per_s']:.1f} GB/s over {CACHE_MIB} MiB (elementwise read + write)")
     lines.append(f"forward FLOPs/image: {out['forward_gflops_per_image']:.3f} G (layer list)"
                  + (f", {out['xla_forward_gflops_per_image']:.3f} G (XLA)" if out.get("xla_forward_gflops_per_image") else ""))
     if out.get("xla_train_gflops_per_image"):
@@ -506,7 +528,8 @@ def summarise(out: dict) -> str:
         rows.append(("input pipeline alone", f"{out['pipeline_images_per_s']:.1f}", "", "", ""))
     if "fed_train_images_per_s" in out:
         rows.append(("JAX train fed by it", f"{out['fed_train_images_per_s']:.1f}", "", "", ""))
-    lines += aligned(rows)
+    if len(rows) > 1:
+        lines += aligned(rows)
     if "layers" in out:
         lines += layer_table(out)
     if "train_images_per_s" in out:

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, python_env, tiny_config
 TORCH = importlib.util.find_spec("torch") is not None
 JSON_KEYS = ("train_images_per_s", "inference_images_per_s", "pipeline_images_per_s", "peak_host_memory_gb",
              "fed_train_images_per_s", "train_compile_s", "first_step_s", "forward_gflops_per_image",
-             "train_gflops_per_s")
+             "train_gflops_per_s", "memory_gb_per_s", "cache_gb_per_s")
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def test_cli_prints_table_and_json_with_the_torch_peer():
     assert out["recompilations"] == 0  # the step compiles once, as `train` calls it
     table = "\n".join(lines[:-1])
     for row in ("JAX train", "PyTorch train", "JAX inference", "PyTorch inference", "input pipeline alone",
-                "peak assumed:", "peak host memory"):
+                "peak assumed:", "memory bandwidth:", "peak host memory"):
         assert row in table, row
 
 
