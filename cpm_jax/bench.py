@@ -12,7 +12,8 @@ One run measures, on whatever backend JAX finds:
     or the step bounds training;
   * FLOPs: forward FLOPs per image from the layer list (`architecture.forward_multiply_adds`,
     1 MAC = 2 FLOPs) and from XLA's cost analysis (which leaves out the zero padding), side by
-    side; achieved FLOP/s of the step (layer list: a training step is 3x the forward pass)
+    side; achieved FLOP/s of the step (layer list: a training step is 3x the forward pass; a
+    direct convolution's count, so where `convolution.py` takes FFT gradients it can pass the peak)
     against the device's peak (CPU: cores x nominal GHz x FLOP/cycle from /proc/cpuinfo; an
     accelerator: the vendor's figure; `--peak_gflops` overrides) and against the rate a large
     matrix product reaches here (clocks may boost above the nominal);
@@ -534,7 +535,7 @@ def summarise(out: dict) -> str:
         lines += layer_table(out)
     if "train_images_per_s" in out:
         fraction = out.get("train_peak_fraction")
-        lines.append(f"train: {out['train_gflops_per_s']:.1f} GFLOP/s achieved"
+        lines.append(f"train: {out['train_gflops_per_s']:.1f} GFLOP/s achieved (direct convolutions' count)"
                      + (f" = {100 * fraction:.0f}% of peak" if fraction else "")
                      + f", {100 * out['train_matmul_fraction']:.0f}% of the matrix product's rate"
                      + f"; compile {out['train_compile_s']:.1f} s; first step after compiling "

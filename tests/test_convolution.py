@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from cpm_jax import architecture, convolution, model as cpm_model
-from tests.conftest import normal
+from tests.conftest import normal, tiny_config
 from tests.test_paper_defaults import experiment
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -67,6 +67,60 @@ def test_gradients_match_xlas_and_training_uses_the_patch_product():
     assert hlo.count(" convolution(") == 2
 
 
+@pytest.mark.parametrize("input_shape, kernel_shape, pads, tile", [
+    ((2, 13, 11, 3), (3, 3, 3, 4), ((1, 1), (1, 1)), 4),    # tiles that overhang the output
+    ((2, 20, 17, 5), (5, 3, 5, 6), ((2, 0), (0, 3)), 8),    # non-square kernel, uneven pads
+    ((1, 9, 9, 2), (9, 9, 2, 3), ((4, 4), (4, 4)), 16),     # one tile larger than the map
+    ((1, 10, 10, 2), (3, 3, 2, 2), ((0, 0), (0, 0)), 3),    # VALID
+])
+def test_fft_conv_equals_xlas_convolution(input_shape, kernel_shape, pads, tile):
+    x, kernel = normal(10, input_shape), normal(11, kernel_shape)
+    ours = convolution.fft_conv(x, kernel, pads, tile)
+    theirs = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=NHWC)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def conv_gradients(conv, x, kernel, cotangent):
+    """(gradients of x and kernel, the compiled CPU program's text) for
+    `sum(relu(conv(x, kernel)) * cotangent)` (the ReLU keeps the forward pass in the program)."""
+    fn = jax.jit(jax.grad(
+        lambda a, b: jnp.sum(jax.nn.relu(conv(a, b, (1, 1), "SAME", dimension_numbers=NHWC)) * cotangent),
+        argnums=(0, 1)))
+    return fn(x, kernel), fn.lower(x, kernel).compile().as_text()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_large_layers_take_fft_gradients_that_match_xlas(dtype):
+    x = normal(12, (1, 40, 44, 32), dtype)
+    kernel = normal(13, (9, 9, 32, 32), dtype) * 0.1
+    cotangent = normal(14, (1, 40, 44, 32), dtype)
+    (ours, hlo), (theirs, _) = [conv_gradients(conv, x, kernel, cotangent)
+                                for conv in (convolution.conv_general_dilated, lax.conv_general_dilated)]
+    assert " fft(" in hlo and hlo.count(" convolution(") == 1  # the forward pass only
+    forward = jax.jit(lambda a, b: convolution.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC))
+    assert " fft(" not in forward.lower(x, kernel).compile().as_text()
+    tolerance = 1e-4 if dtype == jnp.float32 else 2e-2
+    for o, t in zip(ours, theirs):
+        assert o.dtype == t.dtype == dtype
+        scale = float(jnp.max(jnp.abs(t.astype(jnp.float32))))
+        np.testing.assert_allclose(o.astype(jnp.float32) / scale, t.astype(jnp.float32) / scale, atol=tolerance)
+
+
+@pytest.mark.parametrize("input_shape, kernel_shape", [
+    ((1, 39, 44, 32), (9, 9, 32, 32)),   # a side under MIN_FFT_SIDE
+    ((1, 40, 65, 32), (9, 9, 32, 32)),   # a side over MAX_FFT_SIDE
+    ((1, 40, 40, 32), (9, 7, 32, 32)),   # a kernel side under MIN_FFT_KERNEL
+    ((1, 40, 40, 16), (9, 9, 16, 32)),   # too few input channels
+    ((1, 40, 40, 32), (9, 9, 32, 15)),   # too few outputs (a stage's belief maps)
+])
+def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape):
+    x, kernel = normal(15, input_shape), normal(16, kernel_shape)
+    cotangent = normal(17, input_shape[:3] + kernel_shape[-1:])
+    _, hlo = conv_gradients(convolution.conv_general_dilated, x, kernel, cotangent)
+    assert " fft(" not in hlo and hlo.count(" convolution(") == 3
+
+
 @pytest.mark.parametrize("kernel_shape, kwargs", [
     ((9, 9, 3, 128), {}),                       # too many multiply-adds per pixel
     ((3, 3, 8, 16), {}),                        # too many input channels
@@ -98,3 +152,26 @@ def test_model_uses_it_for_the_first_layer_only():
     # 1x1 convolutions become dots
     ones = sum(isinstance(layer, architecture.Conv) and layer.kernel == 1 for layer in layers)
     assert hlo.count(" convolution(") == convs - ones - 2
+
+
+def test_model_gradients_with_fft_layers_match_xlas(monkeypatch):
+    """A 2-stage CPM on 128x128 images with 32-channel 9x9 trunk layers: the trunks' 64x64 layers
+    take FFT gradients, and the parameters' gradients equal those with XLA's convolutions."""
+    m = tiny_config(input_size=128).model
+    m.trunk_kernel, m.trunk_features, m.bottleneck_features = 9, 32, 32
+    model = cpm_model.CPM(m)
+    image = normal(18, (1, 128, 128, 3)) * 0.3
+    center = jnp.zeros((1, 16, 16, 1))
+    targets = normal(19, (1, m.num_stages, 16, 16, m.num_parts + 1))
+    params = model.init(jax.random.key(0), image, center)["params"]
+
+    def gradients():
+        fn = jax.jit(jax.grad(lambda p: jnp.sum((model.apply({"params": p}, image, center) - targets) ** 2)))
+        return fn(params), fn.lower(params).compile().as_text()
+
+    ours, hlo = gradients()
+    monkeypatch.setattr(convolution, "MIN_FFT_SIDE", 10 ** 6)
+    theirs, xla_hlo = gradients()
+    assert " fft(" in hlo and " fft(" not in xla_hlo
+    for path, o, t in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(o, t, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(t))), err_msg=str(path[0]))
