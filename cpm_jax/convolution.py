@@ -30,13 +30,13 @@ unchanged; the gradients agree with XLA's to float32 rounding (relative 1e-5). M
 2-core AMD EPYC Zen 5 (batch 8; one layer's forward and gradients, XLA -> FFT gradients): 9x9 on
 64x64, 128 to 128 channels, 551 -> 336 ms; 11x11 on 46x46, 128 to 128 424 -> 300 ms, 48 to 128
 227 -> 109 ms; 9x9 on 46x46, 32 to 512 462 -> 223 ms. The paper-width training step (6 stages,
-128x128: the two 64x64 layers) 3.50-3.55 -> 3.07-3.22 s; at 368x368 (the 46x46 layers)
-27.6 -> 25.7 s, peak host memory 5.4 -> 6.6 GB. Left to XLA because they were slower or even:
+128x128: the two 64x64 layers) 3.15 -> 2.97 s, at 368x368 (the 46x46 layers) 30.2 -> 27.5 s
+(medians, the two alternating in one process), peak host memory 5.4 -> 6.6 GB. Left to XLA because they were slower or even:
 9x9 on 32x32 (135 -> 128 ms), 11x11 on 16x16 (51 -> 147 ms), 7x7 and 5x5 on 46x46 (166 -> 154,
 31 -> 60 ms), 3 input channels (the first layer, 143 -> 403 ms), 16 channels (7x7 on 64x64,
 11 -> 17 ms), and maps over 64 pixels a side: alone the 92x92 and 184x184 layers' gradients
-looked 3-4x faster, but with them the 368x368 step took 62.8 s and 15.5 GB (their tiles' spectra
-are large, and main memory moves about 6 GB/s on these machines). The FFT forward pass is no
+looked 3-4x faster, but with them the 368x368 step was no faster (26.0 s) and took 8.4 GB
+(their tiles' spectra are large, and main memory moves about 6 GB/s on these machines). The FFT forward pass is no
 faster than XLA's (64x64: 246 against 210 ms).
 """
 import functools
