@@ -21,23 +21,24 @@ third of PyTorch's speed. For such a layer on a CPU (GPUs and TPUs always run XL
     training gradient: 94 -> 87 ms (median 104 -> 99) against XLA's convolution.
 
 Gradients are XLA's convolution gradients (`jax.custom_vjp`), except for wide layers with large
-kernels on mid-sized maps (MIN_FFT_KERNEL or more taps a side, MIN_FFT_SIDE to MAX_FFT_SIDE
-pixels a side, MIN_FFT_CHANNELS or more input and output channels, stride 1, no negative
-padding): on a CPU theirs are the gradients of the same convolution computed with FFTs
+kernels on mid-sized maps (MIN_FFT_KERNEL to FFT_TILE + 1 taps a side, MIN_FFT_SIDE to
+MAX_FFT_SIDE pixels a side, MIN_FFT_CHANNELS or more input and output channels, stride 1, no
+negative padding): on a CPU theirs are the gradients of the same convolution computed with FFTs
 (`fft_conv`: overlap-save tiles of FFT_TILE output pixels a side; per frequency, the sum over
 channels as real matrix products). The forward pass stays XLA's convolution, so outputs are
 unchanged; the gradients agree with XLA's to float32 rounding (relative 1e-5). Measured on a
 2-core AMD EPYC Zen 5 (batch 8; one layer's forward and gradients, XLA -> FFT gradients): 9x9 on
-64x64, 128 to 128 channels, 551 -> 336 ms; 11x11 on 46x46, 128 to 128 424 -> 300 ms, 48 to 128
-227 -> 109 ms; 9x9 on 46x46, 32 to 512 462 -> 223 ms. The paper-width training step (6 stages,
+64x64, 128 to 128 channels, 551 -> 336 ms; 11x11 on 46x46, 128 to 128 424 -> 300 ms, 48 to 128 227
+-> 109 ms; 9x9 on 46x46, 32 to 512 462 -> 223 ms. The paper-width training step (6 stages,
 128x128: the two 64x64 layers) 3.15 -> 2.97 s, at 368x368 (the 46x46 layers) 30.2 -> 27.5 s
-(medians, the two alternating in one process), peak host memory 5.4 -> 6.6 GB. Left to XLA because they were slower or even:
-9x9 on 32x32 (135 -> 128 ms), 11x11 on 16x16 (51 -> 147 ms), 7x7 and 5x5 on 46x46 (166 -> 154,
-31 -> 60 ms), 3 input channels (the first layer, 143 -> 403 ms), 16 channels (7x7 on 64x64,
-11 -> 17 ms), and maps over 64 pixels a side: alone the 92x92 and 184x184 layers' gradients
-looked 3-4x faster, but with them the 368x368 step was no faster (26.0 s) and took 8.4 GB
-(their tiles' spectra are large, and main memory moves about 6 GB/s on these machines). The FFT forward pass is no
-faster than XLA's (64x64: 246 against 210 ms).
+(medians, the two alternating in one process), peak host memory 5.4 -> 6.6 GB. Left to XLA because
+they were slower or even: 9x9 on 32x32 (135 -> 128 ms), 11x11 on 16x16 (51 -> 147 ms), 7x7 and 5x5
+on 46x46 (166 -> 154, 31 -> 60 ms), 3 input channels (the first layer, 143 -> 403 ms), 16 channels
+(7x7 on 64x64, 11 -> 17 ms), and maps over 64 pixels a side: alone the 92x92 and 184x184 layers'
+gradients looked 3-4x faster, but with them the 368x368 step was no faster (26.0 s) and took 8.4
+GB (their tiles' spectra are large, and main memory moves about 6 GB/s on these machines). The FFT
+forward pass is no faster than XLA's (64x64: 246 against 210 ms). Kernels wider than FFT_TILE + 1
+would need larger tiles (`fft_conv` requires tile >= kernel - 1): left to XLA.
 """
 import functools
 
@@ -94,7 +95,8 @@ def _is_narrow(rhs) -> bool:
 
 def _has_fft_gradients(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
-    return (min(kh, kw) >= MIN_FFT_KERNEL and MIN_FFT_SIDE <= min(lhs.shape[1:3])
+    return (MIN_FFT_KERNEL <= min(kh, kw) and max(kh, kw) <= FFT_TILE + 1
+            and MIN_FFT_SIDE <= min(lhs.shape[1:3])
             and max(lhs.shape[1:3]) <= MAX_FFT_SIDE
             and min(inputs, outputs) >= MIN_FFT_CHANNELS and min(p for pair in pads for p in pair) >= 0)
 
@@ -203,7 +205,7 @@ def fft_conv(x, kernel, pads, tile: int):
     padded = jnp.pad(x, ((0, 0), (top, (rows + 1) * tile - top - height),
                          (left, (cols + 1) * tile - left - width), (0, 0)))
     windows = _overlapping_windows(_overlapping_windows(padded, 1, tile, kh - 1), 3, tile, kw - 1)
-    spectra = jnp.fft.rfft2(windows, axes=(2, 4))                               # (B, rows, nh, cols, nw/2+1, C)
+    spectra = jnp.fft.rfft2(windows, axes=(2, 4))  # (B, rows, nh, cols, nw/2+1, C)
     spectra = spectra.transpose(4, 2, 1, 3, 0, 5).reshape(-1, rows * cols * batch, channels)
     kr, ki = _kernel_spectrum(kernel, nh, nw)                                   # (bins, C, O) each
     xr, xi = spectra.real, spectra.imag
@@ -222,7 +224,8 @@ def _overlapping_windows(x, axis: int, step: int, overlap: int):
     one slice per window), so that the gradient is two pads, not one per window."""
     blocks = x.reshape(x.shape[:axis] + (-1, step) + x.shape[axis + 1:])
     head = lax.slice_in_dim(blocks, 0, blocks.shape[axis] - 1, axis=axis)
-    tail = lax.slice_in_dim(lax.slice_in_dim(blocks, 1, blocks.shape[axis], axis=axis), 0, overlap, axis=axis + 1)
+    tail = lax.slice_in_dim(blocks, 1, blocks.shape[axis], axis=axis)
+    tail = lax.slice_in_dim(tail, 0, overlap, axis=axis + 1)
     return jnp.concatenate([head, tail], axis=axis + 1)
 
 

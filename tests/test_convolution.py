@@ -111,6 +111,7 @@ def test_large_layers_take_fft_gradients_that_match_xlas(dtype):
     ((1, 39, 44, 32), (9, 9, 32, 32)),   # a side under MIN_FFT_SIDE
     ((1, 40, 65, 32), (9, 9, 32, 32)),   # a side over MAX_FFT_SIDE
     ((1, 40, 40, 32), (9, 7, 32, 32)),   # a kernel side under MIN_FFT_KERNEL
+    ((1, 40, 40, 32), (19, 19, 32, 32)), # a kernel wider than FFT_TILE + 1
     ((1, 40, 40, 16), (9, 9, 16, 32)),   # too few input channels
     ((1, 40, 40, 32), (9, 9, 32, 15)),   # too few outputs (a stage's belief maps)
 ])
@@ -173,5 +174,5 @@ def test_model_gradients_with_fft_layers_match_xlas(monkeypatch):
     monkeypatch.setattr(convolution, "MIN_FFT_SIDE", 10 ** 6)
     theirs, xla_hlo = gradients()
     assert " fft(" in hlo and " fft(" not in xla_hlo
-    for path, o, t in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    for (path, o), t in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(o, t, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(t))), err_msg=str(path[0]))
