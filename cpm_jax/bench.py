@@ -11,8 +11,8 @@ One run measures, on whatever backend JAX finds:
     "fed": training steps fed by that pipeline as `train` runs them, which says whether the input
     or the step bounds training;
   * FLOPs: forward FLOPs per image from the layer list (`architecture.forward_multiply_adds`,
-    1 MAC = 2 FLOPs) and from XLA's cost analysis (which leaves out the zero padding), side by
-    side; achieved FLOP/s of the step (layer list: a training step is 3x the forward pass; a
+    1 MAC = 2 FLOPs) and from XLA's cost analysis (which leaves out the zero padding, and
+    oneDNN's convolutions: custom calls, `onednn.py`), side by side; achieved FLOP/s of the step (layer list: a training step is 3x the forward pass; a
     direct convolution's count, so where `convolution.py` takes FFT gradients it can pass the peak)
     against the device's peak (CPU: cores x nominal GHz x FLOP/cycle from /proc/cpuinfo; an
     accelerator: the vendor's figure; `--peak_gflops` overrides) and against the rate a large
@@ -51,7 +51,7 @@ from absl import flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from cpm_jax import architecture, cli, configs, convolution, errors, model as cpm_model, runtime, state as train_states, train
+from cpm_jax import architecture, cli, configs, convolution, errors, model as cpm_model, onednn, runtime, state as train_states, train
 from data_pipelines import registry
 
 PARTS = ("train", "inference", "pipeline", "fed", "layers")
@@ -417,7 +417,9 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
                    "batch": batch, "trunk_features": m.trunk_features, "stage_features": m.stage_features},
         "backend": jax.default_backend(), "device": device.device_kind, "devices": jax.local_device_count(),
         "host": platform.node(), "cpu_cores": len(os.sched_getaffinity(0)),
-        "jax": jax.__version__, "peak_gflops": peak, "peak_reckoned": peak_note, "matmul_gflops": matmul,
+        "jax": jax.__version__,
+        "convolutions": onednn.status() if device.platform == "cpu" else "XLA's",
+        "peak_gflops": peak, "peak_reckoned": peak_note, "matmul_gflops": matmul,
         **bandwidth,
         "forward_gflops_per_image": forward_flops / 1e9,
         "train_gflops_per_image": 3 * forward_flops / 1e9,
@@ -507,15 +509,17 @@ def summarise(out: dict) -> str:
              f"{c['dtype']}, {out['params']:,} parameters; {out['backend']} ({out['device']}, "
              f"{out['devices']} device(s), {out['cpu_cores']} CPU cores), jax {out['jax']}"
              + (f", torch {out['torch']} ({out['torch_threads']} threads)" if "torch" in out else "")]
+    lines.append(f"convolutions: {out['convolutions']}")
     lines.append(f"peak assumed: {out['peak_reckoned']}; a large matrix product reaches "
                  f"{out['matmul_gflops']:.0f} GFLOP/s here")
     lines.append(f"memory bandwidth: {out['memory_gb_per_s']:.1f} GB/s over arrays larger than the caches, "
                  f"{out['cache_gb_per_s']:.1f} GB/s over {CACHE_MIB} MiB (elementwise read + write)")
+    xla = "XLA, without oneDNN's convolutions" if out["convolutions"].startswith("oneDNN") else "XLA"
     lines.append(f"forward FLOPs/image: {out['forward_gflops_per_image']:.3f} G (layer list)"
-                 + (f", {out['xla_forward_gflops_per_image']:.3f} G (XLA)" if out.get("xla_forward_gflops_per_image") else ""))
+                 + (f", {out['xla_forward_gflops_per_image']:.3f} G ({xla})" if out.get("xla_forward_gflops_per_image") else ""))
     if out.get("xla_train_gflops_per_image"):
         lines.append(f"train FLOPs/image: {out['train_gflops_per_image']:.3f} G (3 x forward), "
-                     f"{out['xla_train_gflops_per_image']:.3f} G (XLA, whole step)")
+                     f"{out['xla_train_gflops_per_image']:.3f} G ({xla}, whole step)")
     rows = [("", "images/s (median)", "min .. max", "s/step", "vs PyTorch")]
     for kind in ("train", "inference"):
         for who in ("jax", "torch"):

@@ -14,6 +14,8 @@ done here, explicitly, once:
     compilation), not at `import jax` (an unknown flag set after `import jax` still aborts at
     the first `jax.devices()`; set after that, it is ignored), so setup() works after
     `import jax` but not once JAX has run anything; it logs what it did and why, or why not.
+  * oneDNN's convolution kernels loaded into XLA on CPUs (`onednn.setup()`: compiled on first
+    use, about 7 s; where they cannot be, it says why and XLA's own convolutions run).
   * TensorFlow kept off GPUs: it only feeds the input pipeline; JAX owns the accelerators. Only
     found here (a run without it stops at once), not imported: the modules that run TensorFlow
     import it through `import_tensorflow()`, which hides the GPUs from it where setup() asked
@@ -63,6 +65,10 @@ def setup(*, tensorflow: bool = True) -> None:
     if "xla" not in _done:
         _done.add("xla")
         logging.info("runtime: %s", prefer_eigen_cpu_convolutions())
+    if "onednn" not in _done:
+        _done.add("onednn")
+        from cpm_jax import onednn  # imports JAX, which the flag above must not follow
+        logging.info("runtime: %s", onednn.setup())
     if "tpu_notice" not in _done:
         _done.add("tpu_notice")
         _quiet_missing_libtpu_notice()

@@ -11,7 +11,7 @@ import jax
 import pytest
 
 import cpm_jax
-from cpm_jax import architecture, bench, configs, state as train_states, summary
+from cpm_jax import architecture, bench, configs, onednn, state as train_states, summary
 from tests.conftest import ROOT, python_env, tiny_config
 
 TORCH = importlib.util.find_spec("torch") is not None
@@ -38,9 +38,10 @@ def test_cli_prints_table_and_json_with_the_torch_peer():
     assert out["torch_params"] == out["params"] == summary.describe(tiny_config().model)["params"]
     assert out["train_ratio"] == pytest.approx(out["train_images_per_s"] / out["torch_train_images_per_s"])
     assert out["recompilations"] == 0  # the step compiles once, as `train` calls it
+    assert out["convolutions"].split(" (")[0] == onednn.status().split(" (")[0]  # as set up here (conftest)
     table = "\n".join(lines[:-1])
     for row in ("JAX train", "PyTorch train", "JAX inference", "PyTorch inference", "input pipeline alone",
-                "peak assumed:", "memory bandwidth:", "peak host memory"):
+                "peak assumed:", "memory bandwidth:", "peak host memory", "convolutions: "):
         assert row in table, row
 
 

@@ -1,5 +1,10 @@
-"""The model's convolution equals XLA's, in values and gradients, on whichever path it takes."""
+"""The model's convolution equals XLA's, in values and gradients, on whichever path it takes:
+oneDNN's kernels where they are loaded (Linux x86-64 with the `cpu` extra), else the narrow-layer
+and FFT-gradient forms (the tests of those hide oneDNN: `without_onednn`)."""
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -7,11 +12,21 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cpm_jax import architecture, convolution, model as cpm_model
+from cpm_jax import architecture, convolution, model as cpm_model, onednn
 from tests.conftest import normal, tiny_config
 from tests.test_paper_defaults import experiment
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+ONEDNN_EXPECTED = onednn.sys.platform == "linux" and onednn.platform.machine() == "x86_64"
+
+
+@pytest.fixture
+def without_onednn(monkeypatch):
+    """The paths a CPU takes where oneDNN's kernels are not loaded."""
+    monkeypatch.setattr(onednn, "available", lambda: False)
+
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN kernels not loaded: {onednn.status()}")
 
 
 def both(x, kernel, padding, **kwargs):
@@ -29,7 +44,7 @@ def takes_narrow_path(x, kernel, padding="SAME") -> bool:
 @pytest.mark.parametrize("kernel_shape, padding", [
     ((3, 3, 3, 16), "SAME"), ((5, 5, 3, 8), "SAME"), ((2, 2, 3, 4), "SAME"), ((3, 3, 1, 5), "VALID"),
     ((3, 3, 3, 16), ((2, 0), (1, 1))), ((1, 1, 4, 32), "SAME")])
-def test_narrow_layers_match_xla(kernel_shape, padding):
+def test_narrow_layers_match_xla(kernel_shape, padding, without_onednn):
     x = normal(0, (2, 13, 11, kernel_shape[2]))
     kernel = normal(1, kernel_shape)
     assert takes_narrow_path(x, kernel, padding)
@@ -38,7 +53,7 @@ def test_narrow_layers_match_xla(kernel_shape, padding):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
+def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32(without_onednn):
     x = normal(2, (2, 16, 16, 3), jnp.bfloat16)
     kernel = normal(3, (3, 3, 3, 16), jnp.bfloat16)
     ours, _ = both(x, kernel, "SAME")
@@ -48,7 +63,7 @@ def test_bfloat16_keeps_its_dtype_and_accumulates_in_float32():
     np.testing.assert_allclose(ours.astype(jnp.float32), exact, rtol=1e-2, atol=5e-2)
 
 
-def test_gradients_match_xlas_and_training_uses_the_patch_product():
+def test_gradients_match_xlas_and_training_uses_the_patch_product(without_onednn):
     x = normal(4, (2, 12, 12, 3))
     kernel = normal(5, (3, 3, 3, 16))
     cotangent = normal(6, (2, 12, 12, 16))
@@ -91,7 +106,7 @@ def conv_gradients(conv, x, kernel, cotangent):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_large_layers_take_fft_gradients_that_match_xlas(dtype):
+def test_large_layers_take_fft_gradients_that_match_xlas(dtype, without_onednn):
     x = normal(12, (1, 40, 44, 32), dtype)
     kernel = normal(13, (9, 9, 32, 32), dtype) * 0.1
     cotangent = normal(14, (1, 40, 44, 32), dtype)
@@ -115,7 +130,7 @@ def test_large_layers_take_fft_gradients_that_match_xlas(dtype):
     ((1, 40, 40, 16), (9, 9, 16, 32)),   # too few input channels
     ((1, 40, 40, 32), (9, 9, 32, 15)),   # too few outputs (a stage's belief maps)
 ])
-def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape):
+def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape, without_onednn):
     x, kernel = normal(15, input_shape), normal(16, kernel_shape)
     cotangent = normal(17, input_shape[:3] + kernel_shape[-1:])
     _, hlo = conv_gradients(convolution.conv_general_dilated, x, kernel, cotangent)
@@ -128,7 +143,7 @@ def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape):
     ((3, 3, 3, 16), {"rhs_dilation": (2, 2)}),  # dilated
     ((3, 3, 1, 12), {"feature_group_count": 3}),
 ])
-def test_other_layers_go_to_xla_unchanged(kernel_shape, kwargs):
+def test_other_layers_go_to_xla_unchanged(kernel_shape, kwargs, without_onednn):
     channels = kernel_shape[2] * kwargs.get("feature_group_count", 1)
     x = normal(7, (1, 12, 12, channels))
     kernel = normal(8, kernel_shape)
@@ -138,7 +153,7 @@ def test_other_layers_go_to_xla_unchanged(kernel_shape, kwargs):
         assert not takes_narrow_path(x, kernel)
 
 
-def test_model_uses_it_for_the_first_layer_only():
+def test_model_uses_it_for_the_first_layer_only(without_onednn):
     """The demo model's inference has exactly two convolutions fewer in its compiled HLO (the
     two image-trunk first layers, 3 -> 16 channels, 3x3) than its layer list has."""
     m = experiment("synthetic").model
@@ -155,7 +170,7 @@ def test_model_uses_it_for_the_first_layer_only():
     assert hlo.count(" convolution(") == convs - ones - 2
 
 
-def test_model_gradients_with_fft_layers_match_xlas(monkeypatch):
+def test_model_gradients_with_fft_layers_match_xlas(monkeypatch, without_onednn):
     """A 2-stage CPM on 128x128 images with 32-channel 9x9 trunk layers: the trunks' 64x64 layers
     take FFT gradients, and the parameters' gradients equal those with XLA's convolutions."""
     m = tiny_config(input_size=128).model
@@ -176,3 +191,99 @@ def test_model_gradients_with_fft_layers_match_xlas(monkeypatch):
     assert " fft(" in hlo and " fft(" not in xla_hlo
     for (path, o), t in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(o, t, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(t))), err_msg=str(path[0]))
+
+
+def test_onednn_kernels_load_on_linux_x86_64():
+    """Where the `cpu` extra installs oneDNN's wheels, runtime.setup() (conftest) built and
+    loaded the kernels; a failed build shows here, not as a silently slower model."""
+    if not ONEDNN_EXPECTED:
+        pytest.skip(f"oneDNN's kernels are built for Linux x86-64 only: {onednn.status()}")
+    assert onednn.available(), onednn.status()
+
+
+def custom_calls(hlo: str) -> int:
+    return sum(hlo.count(f'custom_call_target="{name}"') for name in onednn.TARGETS)
+
+
+@needs_onednn
+@pytest.mark.parametrize("input_shape, kernel_shape, padding", [
+    ((2, 16, 16, 3), (3, 3, 3, 16), "SAME"),            # the first layer: 3 input channels
+    ((1, 13, 11, 8), (5, 3, 8, 6), ((2, 0), (0, 2))),   # non-square kernel, uneven pads
+    ((2, 12, 12, 16), (7, 7, 16, 32), "SAME"),          # a later stage's layer
+    ((3, 10, 9, 4), (3, 3, 4, 5), "VALID"),
+    ((2, 8, 8, 32), (1, 1, 32, 15), "SAME"),            # a stage's output layer
+])
+def test_onednn_matches_xla_in_values_and_gradients(input_shape, kernel_shape, padding):
+    x, kernel = normal(20, input_shape), normal(21, kernel_shape) * 0.3
+    ours, theirs = jax.jit(functools.partial(both, padding=padding))(x, kernel)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    cotangent = normal(22, ours.shape)
+
+    def gradients(conv):
+        fn = jax.jit(jax.grad(lambda a, b: jnp.sum(
+            jax.nn.relu(conv(a, b, (1, 1), padding, dimension_numbers=NHWC)) * cotangent), argnums=(0, 1)))
+        return fn(x, kernel), fn.lower(x, kernel).compile().as_text()
+
+    (ours, hlo), (theirs, _) = gradients(convolution.conv_general_dilated), gradients(lax.conv_general_dilated)
+    assert custom_calls(hlo) == 3 and " convolution(" not in hlo  # forward, both gradients
+    for o, t in zip(ours, theirs):
+        np.testing.assert_allclose(o, t, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(t))))
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype, padding", [
+    (jnp.bfloat16, "SAME"),              # float32 only
+    (jnp.float32, ((3, 3), (0, 0))),     # a pad as wide as the kernel
+])
+def test_onednn_leaves_other_layers_to_xla(dtype, padding):
+    x, kernel = normal(23, (1, 9, 9, 4), dtype), normal(24, (3, 3, 4, 5), dtype)
+    fn = jax.jit(lambda a, b: convolution.conv_general_dilated(a, b, (1, 1), padding, dimension_numbers=NHWC))
+    assert custom_calls(fn.lower(x, kernel).compile().as_text()) == 0
+
+
+@needs_onednn
+def test_onednn_under_vmap():
+    x, kernel = normal(25, (3, 2, 8, 8, 4)), normal(26, (3, 3, 4, 5))
+    ours = jax.vmap(lambda a: convolution.conv_general_dilated(a, kernel, (1, 1), "SAME", dimension_numbers=NHWC))(x)
+    theirs = lax.conv_general_dilated(x.reshape(6, 8, 8, 4), kernel, (1, 1), "SAME", dimension_numbers=NHWC)
+    np.testing.assert_allclose(ours.reshape(theirs.shape), theirs, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_model_gradients_with_onednn_match_xlas(monkeypatch):
+    """The tiny CPM's parameter gradients: every convolution on oneDNN against every one XLA's."""
+    m = tiny_config().model
+    model = cpm_model.CPM(m)
+    image = normal(27, (2, m.input_size, m.input_size, 3)) * 0.3
+    center = jnp.zeros((2, m.input_size // 8, m.input_size // 8, 1))
+    targets = normal(28, (2, m.num_stages, m.input_size // 8, m.input_size // 8, m.num_parts + 1))
+    params = model.init(jax.random.key(0), image, center)["params"]
+
+    def gradients():
+        fn = jax.jit(jax.grad(lambda p: jnp.sum((model.apply({"params": p}, image, center) - targets) ** 2)))
+        return fn(params), fn.lower(params).compile().as_text()
+
+    ours, hlo = gradients()
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    monkeypatch.setattr(convolution, "MAX_ELEMENTWISE_INPUTS", 0)  # XLA's convolution everywhere
+    theirs, xla_hlo = gradients()
+    assert custom_calls(hlo) > 0 and " convolution(" not in hlo and custom_calls(xla_hlo) == 0
+    for (path, o), t in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(o, t, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(t))), err_msg=str(path[0]))
+
+
+@pytest.mark.parametrize("compiler, reason", [("no-such-compiler", "no C++ compiler"), ("false", "failed")])
+def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reason):
+    """A machine where the kernels cannot be built: setup() says why, in the process a user runs,
+    and the model still runs (on XLA's convolutions)."""
+    if not ONEDNN_EXPECTED:
+        pytest.skip(f"oneDNN's kernels are built for Linux x86-64 only: {onednn.status()}")
+    script = ("from cpm_jax import onednn, convolution; import jax.numpy as jnp; print(onednn.setup()); "
+              "print(convolution.conv_general_dilated(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1), "
+              "'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0, 1, 1, 0])")
+    env = {**os.environ, "CXX": compiler, "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    status, value = done.stdout.strip().splitlines()[-2:]
+    assert status.startswith("XLA's own convolutions") and reason in status, status
+    assert float(value) == 18.0
