@@ -8,8 +8,10 @@
 //   attributes pad_top, pad_bottom, pad_left, pad_right (pixels); H' = H + top + bottom - KH + 1.
 //
 // Activations stay NHWC (oneDNN's "nhwc" tag, as PyTorch's channels_last); the kernel is reordered
-// to the layout the primitive prefers on each call (a few hundred KB at most). Primitives are made
+// to the layout the primitive prefers on each call (small next to the activations). Primitives are made
 // once per shape and kept.
+#include <omp.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -95,16 +97,32 @@ memory InLayout(memory user, const memory::desc& wanted, dnnl::stream& stream) {
   return out;
 }
 
-// Runs `body`, one call at a time in the process, with oneDNN's errors (bad shapes, no
-// implementation) returned to XLA as an error. One at a time: each call's OpenMP team takes every
-// core, and XLA runs independent operations (a layer's two gradients) on several threads at once;
-// two teams at once oversubscribe the cores, and oneDNN's spinning barriers then crawl.
+// Calls under this many multiply-adds run on one thread, concurrently with whatever else XLA runs
+// on its other threads; larger ones take every core, one such call at a time (a process-wide
+// lock). XLA runs independent operations (a layer's two gradients, the trunk and stage 1) on
+// several threads at once: two multi-threaded oneDNN calls at once oversubscribe the cores, and
+// oneDNN's spinning barriers then crawl; and for small layers a second thread gains less than XLA's
+// own concurrency does. 2-core AMD EPYC Zen 5, batch 8, the same process alternating: the demo's
+// step (largest call 0.3 G multiply-adds) 69-77 ms with every call on both cores, 65-71 on one;
+// the paper-width step at 128x128 (calls of 4 G and more) 2.67 s on both cores, 2.80 s on one.
+constexpr double kOneThreadMacs = 1e9;
+
+// Runs `body` with the threads above, oneDNN's errors (bad shapes, no implementation) returned to
+// XLA as an error.
 template <typename Body>
-ffi::Error Guarded(const char* what, Body body) {
-  static std::mutex one_at_a_time;
+ffi::Error Guarded(const char* what, const Key& key, Body body) {
+  static std::mutex whole_machine;
+  auto [n, h, w, c, o, kh, kw, pt, pb, pl, pr] = key;
+  const bool small = double(n) * h * w * c * o * kh * kw < kOneThreadMacs;
   try {
-    std::lock_guard<std::mutex> lock(one_at_a_time);
-    body();
+    if (small) {
+      omp_set_num_threads(1);
+      body();
+    } else {
+      std::lock_guard<std::mutex> lock(whole_machine);
+      omp_set_num_threads(omp_get_num_procs());
+      body();
+    }
     return ffi::Error::Success();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string(what) + ": oneDNN: " + e.what());
@@ -116,8 +134,9 @@ ffi::Error Guarded(const char* what, Body body) {
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y, int64_t pt, int64_t pb, int64_t pl,
                    int64_t pr) {
-  return Guarded("CpmConvForward", [&] {
-    const Primitives& p = PrimitivesFor(KeyOf(x.dimensions(), kernel.dimensions(), pt, pb, pl, pr));
+  const Key key = KeyOf(x.dimensions(), kernel.dimensions(), pt, pb, pl, pr);
+  return Guarded("CpmConvForward", key, [&] {
+    const Primitives& p = PrimitivesFor(key);
     dnnl::stream stream(Engine());
     memory src(p.descs.src, Engine(), x.typed_data());
     memory weights(p.descs.weights_hwio, Engine(), kernel.typed_data());
@@ -132,8 +151,9 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
                         ffi::ResultBuffer<ffi::F32> dx, int64_t pt, int64_t pb, int64_t pl,
                         int64_t pr) {
-  return Guarded("CpmConvBackwardData", [&] {
-    const Primitives& p = PrimitivesFor(KeyOf(dx->dimensions(), kernel.dimensions(), pt, pb, pl, pr));
+  const Key key = KeyOf(dx->dimensions(), kernel.dimensions(), pt, pb, pl, pr);
+  return Guarded("CpmConvBackwardData", key, [&] {
+    const Primitives& p = PrimitivesFor(key);
     dnnl::stream stream(Engine());
     memory diff_dst(p.descs.dst, Engine(), dy.typed_data());
     memory weights(p.descs.weights_hwio, Engine(), kernel.typed_data());
@@ -149,8 +169,9 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                            ffi::ResultBuffer<ffi::F32> dkernel, int64_t pt, int64_t pb,
                            int64_t pl, int64_t pr) {
-  return Guarded("CpmConvBackwardWeights", [&] {
-    const Primitives& p = PrimitivesFor(KeyOf(x.dimensions(), dkernel->dimensions(), pt, pb, pl, pr));
+  const Key key = KeyOf(x.dimensions(), dkernel->dimensions(), pt, pb, pl, pr);
+  return Guarded("CpmConvBackwardWeights", key, [&] {
+    const Primitives& p = PrimitivesFor(key);
     dnnl::stream stream(Engine());
     memory src(p.descs.src, Engine(), x.typed_data());
     memory diff_dst(p.descs.dst, Engine(), dy.typed_data());
