@@ -66,6 +66,11 @@ def available() -> bool:
     return "library" in _state
 
 
+def supported_platform() -> bool:
+    """Linux x86-64: where the `cpu` extra installs oneDNN's wheels, and setup() should succeed."""
+    return sys.platform == "linux" and platform.machine() == "x86_64"
+
+
 def status() -> str:
     """setup()'s sentence, or that it has not run."""
     return _state.get("status", "XLA's own convolutions on CPUs: onednn.setup() has not run")
@@ -74,7 +79,7 @@ def status() -> str:
 def library_path(build: bool) -> tuple[pathlib.Path, bool]:
     """(the compiled library for this source, jaxlib and oneDNN; whether this call built it).
     Raises Unavailable where it is missing and `build` is False, or cannot be built."""
-    if sys.platform != "linux" or platform.machine() != "x86_64":
+    if not supported_platform():
         raise Unavailable(f"built for Linux x86-64 only; this is {sys.platform} {platform.machine()}")
     header = _package_file(HEADERS_PACKAGE, "include/oneapi/dnnl/dnnl.hpp")
     library = _package_file(LIBRARY_PACKAGE, "lib/libdnnl.so")
@@ -91,15 +96,18 @@ def library_path(build: bool) -> tuple[pathlib.Path, bool]:
         raise Unavailable(f"{path} not built")
     if shutil.which(command[0]) is None:
         raise Unavailable(f"no C++ compiler: {command[0]!r} not found (set CXX)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # then one rename: never half a file
-        partial = pathlib.Path(scratch) / path.name
-        done = subprocess.run(command + ["-o", str(partial)], capture_output=True, text=True)
-        if done.returncode != 0:
-            errors = " / ".join(line for line in done.stderr.splitlines()[-6:] if line.strip())
-            raise Unavailable(f"compiling {SOURCE.name} failed, exit status {done.returncode}: "
-                              f"{' '.join(command)}: {errors or 'no message'}")
-        os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # then one rename: never half a file
+            partial = pathlib.Path(scratch) / path.name
+            done = subprocess.run(command + ["-o", str(partial)], capture_output=True, text=True)
+            if done.returncode != 0:
+                errors = " / ".join(line for line in done.stderr.splitlines()[-6:] if line.strip())
+                raise Unavailable(f"compiling {SOURCE.name} failed, exit status {done.returncode}: "
+                                  f"{' '.join(command)}: {errors or 'no message'}")
+            os.replace(partial, path)
+    except OSError as error:  # the cache directory not writable, the disk full
+        raise Unavailable(f"cannot build {path}: {error}") from None
     return path, True
 
 

@@ -68,7 +68,9 @@ def setup(*, tensorflow: bool = True) -> None:
     if "onednn" not in _done:
         _done.add("onednn")
         from cpm_jax import onednn  # imports JAX, which the flag above must not follow
-        logging.info("runtime: %s", onednn.setup())
+        status = onednn.setup()
+        failed = onednn.supported_platform() and not onednn.available()  # slower than it should be
+        (logging.warning if failed else logging.info)("runtime: %s", status)
     if "tpu_notice" not in _done:
         _done.add("tpu_notice")
         _quiet_missing_libtpu_notice()

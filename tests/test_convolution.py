@@ -17,7 +17,7 @@ from tests.conftest import normal, tiny_config
 from tests.test_paper_defaults import experiment
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-ONEDNN_EXPECTED = onednn.sys.platform == "linux" and onednn.platform.machine() == "x86_64"
+ONEDNN_EXPECTED = onednn.supported_platform()
 
 
 @pytest.fixture
@@ -272,8 +272,10 @@ def test_model_gradients_with_onednn_match_xlas(monkeypatch):
         np.testing.assert_allclose(o, t, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(t))), err_msg=str(path[0]))
 
 
-@pytest.mark.parametrize("compiler, reason", [("no-such-compiler", "no C++ compiler"), ("false", "failed")])
-def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reason):
+@pytest.mark.parametrize("compiler, reason, cache", [
+    ("no-such-compiler", "no C++ compiler", "cache"), ("false", "failed", "cache"),
+    ("g++", "cannot build", "a-file")])  # the cache directory cannot be made
+def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reason, cache):
     """A machine where the kernels cannot be built: setup() says why, in the process a user runs,
     and the model still runs (on XLA's convolutions)."""
     if not ONEDNN_EXPECTED:
@@ -281,7 +283,8 @@ def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reaso
     script = ("from cpm_jax import onednn, convolution; import jax.numpy as jnp; print(onednn.setup()); "
               "print(convolution.conv_general_dilated(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1), "
               "'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0, 1, 1, 0])")
-    env = {**os.environ, "CXX": compiler, "XDG_CACHE_HOME": str(tmp_path)}
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, "CXX": compiler, "XDG_CACHE_HOME": str(tmp_path / cache)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     status, value = done.stdout.strip().splitlines()[-2:]
