@@ -196,29 +196,48 @@ ffi::Error Guarded(const char* what, Body body) {
   }
 }
 
+// Runs, slice by slice of the batch, the primitive that maps images and the kernel to images: the
+// forward pass (`forward`: x -> y) or the input gradient (dy -> dx).
+void MapImages(ffi::ThreadPool& pool, const Key& key, float* kernel, float* in, float* out,
+               bool forward) {
+  const Slices slices(std::get<0>(key), pool.num_threads());
+  std::map<int64_t, PerSize> per_size;
+  for (int64_t i = 0; i < slices.parts; ++i) {
+    if (per_size.count(slices.size(i))) continue;
+    const Primitives& p = PrimitivesFor(WithBatch(key, slices.size(i)));
+    memory weights(p.descs.weights_hwio, Engine(), kernel);
+    const memory::desc& wanted =
+        forward ? p.forward_pd.weights_desc() : p.backward_data_pd.weights_desc();
+    per_size.emplace(slices.size(i), PerSize{&p, InLayout(weights, wanted)});
+  }
+  InParallel(pool, slices.parts, [&](int64_t i) {
+    const PerSize& s = per_size.at(slices.size(i));
+    const Primitives& p = *s.primitives;
+    const Descs& d = p.descs;
+    memory images(forward ? d.src : d.dst, Engine(),
+                  in + slices.start(i) * (forward ? d.src_image : d.dst_image));
+    memory result(forward ? d.dst : d.src, Engine(),
+                  out + slices.start(i) * (forward ? d.dst_image : d.src_image));
+    dnnl::stream stream(Engine());
+    if (forward) {
+      p.forward.execute(stream, {{DNNL_ARG_SRC, images}, {DNNL_ARG_WEIGHTS, s.weights},
+                                 {DNNL_ARG_DST, result},
+                                 {DNNL_ARG_SCRATCHPAD, Scratchpad(p.forward_pd.scratchpad_desc())}});
+    } else {
+      p.backward_data.execute(
+          stream, {{DNNL_ARG_DIFF_DST, images}, {DNNL_ARG_WEIGHTS, s.weights},
+                   {DNNL_ARG_DIFF_SRC, result},
+                   {DNNL_ARG_SCRATCHPAD, Scratchpad(p.backward_data_pd.scratchpad_desc())}});
+    }
+    stream.wait();
+  });
+}
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded("CpmConvForward", [&] {
-    const Key key = KeyOf(x.dimensions(), kernel.dimensions(), pt, pb, pl, pr);
-    const Slices slices(std::get<0>(key), pool.num_threads());
-    std::map<int64_t, PerSize> per_size;
-    for (int64_t i = 0; i < slices.parts; ++i) {
-      if (per_size.count(slices.size(i))) continue;
-      const Primitives& p = PrimitivesFor(WithBatch(key, slices.size(i)));
-      memory weights(p.descs.weights_hwio, Engine(), kernel.typed_data());
-      per_size.emplace(slices.size(i), PerSize{&p, InLayout(weights, p.forward_pd.weights_desc())});
-    }
-    InParallel(pool, slices.parts, [&](int64_t i) {
-      const PerSize& s = per_size.at(slices.size(i));
-      const Descs& d = s.primitives->descs;
-      dnnl::stream stream(Engine());
-      memory src(d.src, Engine(), x.typed_data() + slices.start(i) * d.src_image);
-      memory dst(d.dst, Engine(), y->typed_data() + slices.start(i) * d.dst_image);
-      s.primitives->forward.execute(
-          stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, s.weights}, {DNNL_ARG_DST, dst},
-                   {DNNL_ARG_SCRATCHPAD, Scratchpad(s.primitives->forward_pd.scratchpad_desc())}});
-      stream.wait();
-    });
+    MapImages(pool, KeyOf(x.dimensions(), kernel.dimensions(), pt, pb, pl, pr), kernel.typed_data(),
+              x.typed_data(), y->typed_data(), /*forward=*/true);
   });
 }
 
@@ -226,28 +245,8 @@ ffi::Error BackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                         ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> dx, int64_t pt,
                         int64_t pb, int64_t pl, int64_t pr) {
   return Guarded("CpmConvBackwardData", [&] {
-    const Key key = KeyOf(dx->dimensions(), kernel.dimensions(), pt, pb, pl, pr);
-    const Slices slices(std::get<0>(key), pool.num_threads());
-    std::map<int64_t, PerSize> per_size;
-    for (int64_t i = 0; i < slices.parts; ++i) {
-      if (per_size.count(slices.size(i))) continue;
-      const Primitives& p = PrimitivesFor(WithBatch(key, slices.size(i)));
-      memory weights(p.descs.weights_hwio, Engine(), kernel.typed_data());
-      per_size.emplace(slices.size(i),
-                       PerSize{&p, InLayout(weights, p.backward_data_pd.weights_desc())});
-    }
-    InParallel(pool, slices.parts, [&](int64_t i) {
-      const PerSize& s = per_size.at(slices.size(i));
-      const Descs& d = s.primitives->descs;
-      dnnl::stream stream(Engine());
-      memory diff_dst(d.dst, Engine(), dy.typed_data() + slices.start(i) * d.dst_image);
-      memory diff_src(d.src, Engine(), dx->typed_data() + slices.start(i) * d.src_image);
-      s.primitives->backward_data.execute(
-          stream,
-          {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, s.weights}, {DNNL_ARG_DIFF_SRC, diff_src},
-           {DNNL_ARG_SCRATCHPAD, Scratchpad(s.primitives->backward_data_pd.scratchpad_desc())}});
-      stream.wait();
-    });
+    MapImages(pool, KeyOf(dx->dimensions(), kernel.dimensions(), pt, pb, pl, pr),
+              kernel.typed_data(), dy.typed_data(), dx->typed_data(), /*forward=*/false);
   });
 }
 
