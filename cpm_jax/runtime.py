@@ -14,6 +14,8 @@ done here, explicitly, once:
     compilation), not at `import jax` (an unknown flag set after `import jax` still aborts at
     the first `jax.devices()`; set after that, it is ignored), so setup() works after
     `import jax` but not once JAX has run anything; it logs what it did and why, or why not.
+  * glibc's malloc told to keep freed memory for reuse (`keep_freed_memory`): XLA:CPU's
+    per-step buffers otherwise page-fault back in every step (the demo step 45.8 -> 27.8 ms).
   * oneDNN's convolution kernels loaded into XLA on CPUs (`onednn.setup()`: compiled on first
     use, about 7 s; where they cannot be, it says why and XLA's own convolutions run).
   * TensorFlow kept off GPUs: it only feeds the input pipeline; JAX owns the accelerators. Only
@@ -37,6 +39,7 @@ Tests call it once per session (tests/conftest.py); notebooks may call it or not
 draws with `matplotlib.figure.Figure`, which needs no backend).
 """
 import atexit
+import ctypes
 import importlib.metadata
 import importlib.util
 import logging as std_logging
@@ -52,6 +55,9 @@ MISSING_TENSORFLOW = (
 CPU_CONVOLUTION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 _MEASURED_JAXLIB = "0.10."  # the flag's speed-up was measured on this series only
 
+MALLOC_KEEP_BYTES = 1 << 30  # glibc's mmap / trim thresholds set by setup(); see keep_freed_memory
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt options, <malloc.h>
+
 _done: set[str] = set()
 
 
@@ -65,6 +71,9 @@ def setup(*, tensorflow: bool = True) -> None:
     if "xla" not in _done:
         _done.add("xla")
         logging.info("runtime: %s", prefer_eigen_cpu_convolutions())
+    if "malloc" not in _done:
+        _done.add("malloc")
+        logging.info("runtime: %s", keep_freed_memory())
     if "onednn" not in _done:
         _done.add("onednn")
         from cpm_jax import onednn  # imports JAX, which the flag above must not follow
@@ -121,6 +130,33 @@ def prefer_eigen_cpu_convolutions() -> str:
     os.environ["XLA_FLAGS"] = f"{existing} {CPU_CONVOLUTION_FLAG}".strip()
     return (f"XLA_FLAGS += {CPU_CONVOLUTION_FLAG} (jaxlib {version}: XLA:CPU convolutions on Eigen "
             "instead of YNNPACK, up to 2x faster for this model; no effect on GPU/TPU)")
+
+
+def keep_freed_memory() -> str:
+    """Has glibc's malloc keep freed blocks of up to MALLOC_KEEP_BYTES in the process instead of
+    unmapping them (`mallopt` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); returns a sentence saying
+    what was done, or why not (setup() logs it).
+
+    XLA:CPU allocates a step's temporary buffers anew on every call and frees them after; with
+    glibc's defaults a block that large is mapped from the kernel and unmapped again, so every
+    step page-faults all of its temporary memory back in, zero-filled by the kernel. Measured on
+    a 2-core AMD EPYC Zen 5, the demo's training step: 14,700 -> 150 minor page faults a step,
+    system time 32 -> 1.4 ms a step, median 45.8 -> 27.8 ms. The cost: memory freed by the
+    process stays in it for reuse (its peak does not grow). Left alone where the user set any
+    MALLOC_*_ variable, or the C library is not glibc."""
+    chosen = sorted(k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_"))
+    if chosen:
+        return f"malloc left as configured ({', '.join(chosen)})"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "malloc unchanged: not glibc (no mallopt)"
+    if not all(mallopt(option, ctypes.c_int(MALLOC_KEEP_BYTES))
+               for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)):
+        return "malloc unchanged: glibc refused the thresholds"
+    return (f"glibc malloc keeps freed blocks up to {MALLOC_KEEP_BYTES >> 20} MiB for reuse (mmap and "
+            "trim thresholds): XLA:CPU's per-step buffers stop page-faulting back in every step")
 
 
 def _jax_backends_initialised() -> bool:
