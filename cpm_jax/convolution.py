@@ -6,11 +6,11 @@ to the kernel's size - 1 runs on oneDNN, forward and both gradients (`_onednn_co
 do. Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with gradients, XLA ->
 oneDNN, one process): 128x128x16 -> 16 3x3 4.0 / 9.9 -> 2.4 / 3.9; 16x16x32 -> 32 7x7
 0.82 / 1.9 -> 0.43 / 0.78; 64x64x128 -> 128 9x9 249 / 505 -> 230 / 406. Whole training steps,
-alternating in one process: the demo 70-78 -> 65-72 ms (medians of 100-200 steps; its layers are
-small and its step is mostly a chain of them, run one thread each: see the kernel's source); the
-paper widths at 128x128 3.54 (with the FFT gradients below) -> 3.22 s; at 368x368 24.5 s a step
-in 5.0 GB of host memory (the day before, with the FFT gradients: 27.5 s, 6.6 GB). Elsewhere on
-a CPU (another platform, bfloat16, the kernels not built), the forms below.
+alternating in one process: the demo 66.1 -> 50.0 ms (medians of 200 steps; before
+`runtime.keep_freed_memory`, which took it to 28 ms); the paper widths at 128x128 3.54 (with the
+FFT gradients below) -> 3.22 s; at 368x368 24.5 s a step in 5.0 GB of host memory (the day
+before, with the FFT gradients: 27.5 s, 6.6 GB). Elsewhere on a CPU (another platform, bfloat16,
+the kernels not built), the forms below.
 
 XLA:CPU's convolution (Eigen) packs image patches for every output pixel, which costs far more
 than the arithmetic when a layer has few input channels and few multiply-adds per output pixel:

@@ -15,8 +15,8 @@ in the user's cache directory), loads it, and registers the handlers for the CPU
 
 Where it cannot load (another platform or machine, no C++ compiler, the wheels missing), setup()
 says why and the model keeps XLA's convolutions: the same results, slower on a CPU. oneDNN runs
-on its own OpenMP threads, one call at a time (the handlers hold a process-wide lock: each call
-uses every core), while XLA's threads do everything else.
+on XLA's own threads: each call splits its batch over XLA's intra-op thread pool, one oneDNN
+thread a slice (the kernel's source says why not oneDNN's OpenMP threads).
 """
 import ctypes
 import hashlib
