@@ -68,18 +68,13 @@ def setup(*, tensorflow: bool = True) -> None:
       finding it imports nothing) and keep it off the GPUs once it is imported
       (`import_tensorflow`; now, if it already is); tools that never run TensorFlow (`summary`,
       `evaluate score`) pass False."""
-    if "xla" not in _done:
-        _done.add("xla")
-        logging.info("runtime: %s", prefer_eigen_cpu_convolutions())
-    if "malloc" not in _done:
-        _done.add("malloc")
-        logging.info("runtime: %s", keep_freed_memory())
-    if "onednn" not in _done:
-        _done.add("onednn")
+    if "cpu" not in _done:  # one log line: a run that stops on a user error prints little else
+        _done.add("cpu")
+        notes = [prefer_eigen_cpu_convolutions(), keep_freed_memory()]
         from cpm_jax import onednn  # imports JAX, which the flag above must not follow
-        status = onednn.setup()
+        notes.append(onednn.setup())
         failed = onednn.supported_platform() and not onednn.available()  # slower than it should be
-        (logging.warning if failed else logging.info)("runtime: %s", status)
+        (logging.warning if failed else logging.info)("runtime: %s", "; ".join(notes))
     if "tpu_notice" not in _done:
         _done.add("tpu_notice")
         _quiet_missing_libtpu_notice()
