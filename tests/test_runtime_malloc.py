@@ -5,11 +5,10 @@ import sys
 
 import pytest
 
-from cpm_jax import runtime
 from tests.conftest import ROOT, python_env
 
 # Allocates and frees a 64 MiB block 20 times (numpy's data comes from malloc), after an optional
-# runtime.setup(); prints the minor page faults of those 20 rounds.
+# runtime.keep_freed_memory() (what setup() calls); prints the minor page faults of those 20 rounds.
 SCRIPT = """
 import resource, sys
 import numpy as np
