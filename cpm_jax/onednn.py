@@ -51,7 +51,7 @@ def setup() -> str:
     if "status" not in _state:
         try:
             start = time.perf_counter()
-            path, built = library_path(build=True)
+            path, built = library_path()
             _state["library"] = _register(path)
             how = f"built in {time.perf_counter() - start:.1f} s" if built else "built before"
             _state["status"] = (f"oneDNN convolutions ({LIBRARY_PACKAGE} {importlib.metadata.version(LIBRARY_PACKAGE)}) "
@@ -76,9 +76,9 @@ def status() -> str:
     return _state.get("status", "XLA's own convolutions on CPUs: onednn.setup() has not run")
 
 
-def library_path(build: bool) -> tuple[pathlib.Path, bool]:
-    """(the compiled library for this source, jaxlib and oneDNN; whether this call built it).
-    Raises Unavailable where it is missing and `build` is False, or cannot be built."""
+def library_path() -> tuple[pathlib.Path, bool]:
+    """(the compiled library for this source, jaxlib and oneDNN, built now if it was not; whether
+    this call built it). Raises Unavailable where it cannot be built."""
     if not supported_platform():
         raise Unavailable(f"built for Linux x86-64 only; this is {sys.platform} {platform.machine()}")
     header = _package_file(HEADERS_PACKAGE, "include/oneapi/dnnl/dnnl.hpp")
@@ -92,8 +92,6 @@ def library_path(build: bool) -> tuple[pathlib.Path, bool]:
     path = _cache_dir() / f"libcpm_onednn-{key}.so"
     if path.exists():
         return path, False
-    if not build:
-        raise Unavailable(f"{path} not built")
     if shutil.which(command[0]) is None:
         raise Unavailable(f"no C++ compiler: {command[0]!r} not found (set CXX)")
     try:

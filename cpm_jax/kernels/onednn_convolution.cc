@@ -17,8 +17,8 @@
 // kernel gradient sums the slices' parts). oneDNN's own OpenMP threads would run beside XLA's,
 // which execute independent operations (a layer's two gradients, the trunk and stage 1) at the
 // same time: on a 2-core AMD EPYC Zen 5 that oversubscription cost more than it gained (the demo's
-// step 69-77 ms with each call on its own 2-thread OpenMP team, one call at a time, and 65-71 ms
-// with each call on one thread).
+// step 69-77 ms with each call on its own 2-thread OpenMP team, one call at a time, 65-71 ms with
+// each call on one thread, 50 ms with the batch split over XLA's threads; XLA's convolutions 66).
 #include <omp.h>
 
 #include <algorithm>
@@ -59,7 +59,7 @@ Key WithBatch(Key key, int64_t n) {
 struct Descs {
   memory::desc src, weights_any, weights_hwio, dst;
   memory::dims strides, pad_l, pad_r;
-  int64_t src_image, dst_image, weights_size;  // floats per image; the kernel's floats
+  int64_t src_image, dst_image;  // floats per image
 };
 
 Descs MakeDescs(const Key& k) {
@@ -70,7 +70,7 @@ Descs MakeDescs(const Key& k) {
                memory::desc({o, c, kh, kw}, f32, Tag::any),
                memory::desc({o, c, kh, kw}, f32, Tag::hwio),
                memory::desc({n, o, oh, ow}, f32, Tag::nhwc),
-               {1, 1}, {pt, pl}, {pb, pr}, h * w * c, oh * ow * o, kh * kw * c * o};
+               {1, 1}, {pt, pl}, {pb, pr}, h * w * c, oh * ow * o};
 }
 
 struct Primitives {
@@ -256,10 +256,8 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return Guarded("CpmConvBackwardWeights", [&] {
     const Key key = KeyOf(x.dimensions(), dkernel->dimensions(), pt, pb, pl, pr);
     const Slices slices(std::get<0>(key), pool.num_threads());
-    const Primitives& first = PrimitivesFor(WithBatch(key, slices.size(0)));
-    if (slices.size(slices.parts - 1) != slices.size(0)) PrimitivesFor(WithBatch(key, slices.size(slices.parts - 1)));
     // Slice 0's part goes to the result, the others' to `parts`, summed into it at the end.
-    const int64_t size = first.descs.weights_size;
+    const int64_t size = dkernel->element_count();
     std::vector<float> parts((slices.parts - 1) * size);
     InParallel(pool, slices.parts, [&](int64_t i) {
       const Primitives& p = PrimitivesFor(WithBatch(key, slices.size(i)));
