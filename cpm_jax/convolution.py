@@ -1,16 +1,34 @@
-"""The model's convolution: `lax.conv_general_dilated` on GPUs and TPUs; on a CPU, oneDNN's.
+"""The model's convolution: `lax.conv_general_dilated` on GPUs and TPUs; on a CPU, DFTs as matrix
+products for large layers, oneDNN's kernels for the others.
 
-On a CPU where `onednn.setup()` loaded oneDNN's kernels (Linux x86-64 with the `cpu` extra; every
-entry point's `runtime.setup()` does it), every stride-1 float32 NHWC convolution with pads from 0
-to the kernel's size - 1 runs on oneDNN, forward and both gradients (`_onednn_conv`), as PyTorch's
-do. Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with gradients, XLA ->
-oneDNN, one process): 128x128x16 -> 16 3x3 4.0 / 9.9 -> 2.4 / 3.9; 16x16x32 -> 32 7x7
-0.82 / 1.9 -> 0.43 / 0.78; 64x64x128 -> 128 9x9 249 / 505 -> 230 / 406. Whole training steps,
-alternating in one process: the demo 66.1 -> 50.0 ms (medians of 200 steps; before
-`runtime.keep_freed_memory`, which took it to 28 ms); the paper widths at 128x128 3.54 (with the
-FFT gradients below) -> 3.22 s; at 368x368 24.5 s a step in 5.0 GB of host memory (the day
-before, with the FFT gradients: 27.5 s, 6.6 GB). Elsewhere on a CPU (another platform, bfloat16,
-the kernels not built), the forms below.
+On a CPU, wide layers with large kernels on mid-sized maps (MIN_DFT_KERNEL or more taps a side,
+MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels,
+stride 1, no negative padding: the paper model's 9x9 and 11x11 128-channel layers at 46x46 to
+92x92) run as `dft_conv`, forward and gradients (by JAX's autodiff of its matrix products): per
+output pixel and channel pair about 3.7 real multiply-adds (3 per frequency bin, 312 bins per
+16x16 tile of a 9x9 kernel) instead of the kernel's 81 or 121, at the price of memory traffic (the windows' spectra are 1.2x the input, the kernel's
+3 x 312 bins x C x O). Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with
+gradients, oneDNN -> DFT, one process): 64x64x128 -> 128 9x9 230 / 461 -> 170 / 282; 46x46x128
+-> 128 11x11 162 / 340 -> 158 / 271; 92x92x128 -> 128 9x9 448 / 1278 -> 350 / 606. The
+paper-width training step at 128x128 2.90 -> 1.96 s (medians, alternating in one process), its
+inference 0.95 -> 0.71-0.78 s; the 368x368 step 23.1 -> 21.5 s, peak host memory 4.97 -> 6.46 GB
+(with the 92x92 layers left to oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower
+there: 32x32 maps (9x9: 51 / 104 -> 68 / 110), 48 input channels (46x46x48 -> 128 11x11:
+56 / 120 -> 79 / 104), the 128x128 first layer (3 input channels), the 16x16 belief-map layers
+(11x11: 19 / 35 -> 92 / 105 in a prototype), and maps over 96 a side (the 184x184 layers, not
+measured in this form: with the earlier FFT gradients they took the 368x368 step to 8.4 GB). An
+earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for gradients only) was slower than XLA's
+convolution forward (246 against 210 ms for the 64x64 layer): XLA's FFTs and the complex arrays'
+layout changes cost more than the products.
+
+Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
+oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
+point's `runtime.setup()` does it), forward and both gradients (`_onednn_conv`), as PyTorch's do.
+Measured (batch 8, ms forward / forward with gradients, XLA -> oneDNN): 128x128x16 -> 16 3x3
+4.0 / 9.9 -> 2.4 / 3.9; 16x16x32 -> 32 7x7 0.82 / 1.9 -> 0.43 / 0.78; 64x64x128 -> 128 9x9
+249 / 505 -> 230 / 406. The demo's training step 66.1 -> 50.0 ms (medians of 200 steps; before
+`runtime.keep_freed_memory`, which took it to 28 ms). Elsewhere on a CPU (another platform,
+bfloat16, the kernels not built), the narrow forms below.
 
 XLA:CPU's convolution (Eigen) packs image patches for every output pixel, which costs far more
 than the arithmetic when a layer has few input channels and few multiply-adds per output pixel:
@@ -30,26 +48,6 @@ third of PyTorch's speed. For such a layer on a CPU (GPUs and TPUs always run XL
     into, and recomputes it inside, each consumer (the ReLU mask within the pooling gradient: a
     3x3, 3-to-16 layer with its pooling took 17 instead of 10 ms to differentiate). The demo's
     training gradient: 94 -> 87 ms (median 104 -> 99) against XLA's convolution.
-
-Gradients are XLA's convolution gradients (`jax.custom_vjp`), except for wide layers with large
-kernels on mid-sized maps (MIN_FFT_KERNEL to FFT_TILE + 1 taps a side, MIN_FFT_SIDE to
-MAX_FFT_SIDE pixels a side, MIN_FFT_CHANNELS or more input and output channels, stride 1, no
-negative padding): on a CPU theirs are the gradients of the same convolution computed with FFTs
-(`fft_conv`: overlap-save tiles of FFT_TILE output pixels a side; per frequency, the sum over
-channels as real matrix products). The forward pass stays XLA's convolution, so outputs are
-unchanged; the gradients agree with XLA's to float32 rounding (relative 1e-5). Measured on a
-2-core AMD EPYC Zen 5 (batch 8; one layer's forward and gradients, XLA -> FFT gradients): 9x9 on
-64x64, 128 to 128 channels, 551 -> 336 ms; 11x11 on 46x46, 128 to 128 424 -> 300 ms, 48 to 128 227
--> 109 ms; 9x9 on 46x46, 32 to 512 462 -> 223 ms. The paper-width training step (6 stages,
-128x128: the two 64x64 layers) 3.15 -> 2.97 s, at 368x368 (the 46x46 layers) 30.2 -> 27.5 s
-(medians, the two alternating in one process), peak host memory 5.4 -> 6.6 GB. Left to XLA because
-they were slower or even: 9x9 on 32x32 (135 -> 128 ms), 11x11 on 16x16 (51 -> 147 ms), 7x7 and 5x5
-on 46x46 (166 -> 154, 31 -> 60 ms), 3 input channels (the first layer, 143 -> 403 ms), 16 channels
-(7x7 on 64x64, 11 -> 17 ms), and maps over 64 pixels a side: alone the 92x92 and 184x184 layers'
-gradients looked 3-4x faster, but with them the 368x368 step was no faster (26.0 s) and took 8.4
-GB (their tiles' spectra are large, and main memory moves about 6 GB/s on these machines). The FFT
-forward pass is no faster than XLA's (64x64: 246 against 210 ms). Kernels wider than FFT_TILE + 1
-would need larger tiles (`fft_conv` requires tile >= kernel - 1): left to XLA.
 """
 import functools
 
@@ -62,10 +60,10 @@ from cpm_jax import onednn
 
 MAX_ELEMENTWISE_INPUTS = 4   # input channels; see the module docstring
 MAX_ELEMENTWISE_MACS = 1024  # multiply-adds per output pixel
-MIN_FFT_KERNEL = 9           # kernel taps a side (both sides)
-MIN_FFT_SIDE, MAX_FFT_SIDE = 40, 64  # input pixels a side (both sides)
-MIN_FFT_CHANNELS = 32        # input and output channels
-FFT_TILE = 16                # output pixels a side of an overlap-save tile
+MIN_DFT_KERNEL = 9           # kernel taps a side (both sides)
+MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 96  # input pixels a side (both sides)
+MIN_DFT_CHANNELS = 64        # input and output channels
+DFT_TILE = 16                # output pixels a side of an overlap-save tile
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -74,19 +72,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated`, same arguments and result (`flax.linen.Conv(conv_general_dilated=...)`).
 
     A stride-1, undilated, ungrouped NHWC convolution at the default precision takes, on a CPU,
-    the narrow-layer forms if it has few inputs and multiply-adds per output pixel, and FFT
-    gradients if it is wide with a large kernel on a mid-sized map (module docstring)."""
+    the DFT form if it is wide with a large kernel on a mid-sized map, else oneDNN's kernels where
+    loaded, else the narrow-layer forms if it has few inputs and multiply-adds per output pixel
+    (module docstring)."""
     if precision is None and _is_plain(lhs, rhs, window_strides, lhs_dilation, rhs_dilation,
                                        dimension_numbers, feature_group_count, kwargs):
         pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(
             lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
         pads = tuple(tuple(int(p) for p in pair) for pair in pads)
+        if _has_dft_form(lhs, rhs, pads):
+            return _dft_or_lax_conv(lhs, rhs, pads)
         if onednn.available() and onednn.supports(lhs, rhs, pads):
             return _onednn_conv(lhs, rhs, pads)
         if _is_narrow(rhs):
             return _narrow_conv(lhs, rhs, pads)
-        if _has_fft_gradients(lhs, rhs, pads):
-            return _fft_gradient_conv(lhs, rhs, pads)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -108,12 +107,11 @@ def _is_narrow(rhs) -> bool:
     return inputs <= MAX_ELEMENTWISE_INPUTS and kh * kw * inputs * outputs <= MAX_ELEMENTWISE_MACS
 
 
-def _has_fft_gradients(lhs, rhs, pads) -> bool:
+def _has_dft_form(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
-    return (MIN_FFT_KERNEL <= min(kh, kw) and max(kh, kw) <= FFT_TILE + 1
-            and MIN_FFT_SIDE <= min(lhs.shape[1:3])
-            and max(lhs.shape[1:3]) <= MAX_FFT_SIDE
-            and min(inputs, outputs) >= MIN_FFT_CHANNELS and min(p for pair in pads for p in pair) >= 0)
+    return (MIN_DFT_KERNEL <= min(kh, kw) and MIN_DFT_SIDE <= min(lhs.shape[1:3])
+            and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
+            and min(p for pair in pads for p in pair) >= 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -194,40 +192,31 @@ def _onednn_backward(pads, residuals, g):
 _onednn_conv.defvjp(_onednn_forward, _onednn_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fft_gradient_conv(x, kernel, pads):
-    """XLA's convolution, whose gradients on a CPU are `fft_conv`'s (module docstring)."""
-    return _lax_conv(x, kernel, pads)
+def _dft_or_lax_conv(x, kernel, pads):
+    """`dft_conv` on a CPU, XLA's convolution elsewhere; both differentiated by JAX."""
+    return lax.platform_dependent(
+        x, kernel, cpu=functools.partial(_dft_conv_float32, pads=pads, tile=DFT_TILE),
+        default=functools.partial(_lax_conv, pads=pads))
 
 
-def _fft_gradient_forward(x, kernel, pads):
-    return _lax_conv(x, kernel, pads), (x, kernel)
+def _dft_conv_float32(x, kernel, pads, tile):
+    return dft_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, tile).astype(x.dtype)
 
 
-def _fft_gradients(x, kernel, g, pads):
-    """`fft_conv`'s gradients, in float32, cast back to the dtypes of `x` and `kernel`."""
-    f32 = [a.astype(jnp.float32) for a in (x, kernel, g)]
-    _, vjp = jax.vjp(functools.partial(fft_conv, pads=pads, tile=FFT_TILE), *f32[:2])
-    dx, dkernel = vjp(f32[2])
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-def _fft_gradient_backward(pads, residuals, g):
-    x, kernel = residuals
-    return lax.platform_dependent(x, kernel, g, cpu=functools.partial(_fft_gradients, pads=pads),
-                                  default=functools.partial(_lax_gradients, pads=pads))
-
-
-_fft_gradient_conv.defvjp(_fft_gradient_forward, _fft_gradient_backward)
-
-
-def fft_conv(x, kernel, pads, tile: int):
-    """`lax.conv_general_dilated` (stride 1, NHWC/HWIO, non-negative `pads`) by overlap-save FFTs.
+def dft_conv(x, kernel, pads, tile: int):
+    """`lax.conv_general_dilated` (stride 1, NHWC/HWIO, non-negative `pads`) by overlap-save DFTs
+    written as matrix products.
 
     x (B, H, W, C) float32, kernel (kh, kw, C, O) -> (B, H', W', O). The output is cut into
-    `tile` x `tile` tiles; each reads a (tile + kh - 1, tile + kw - 1) window of the padded input,
-    whose real FFT times the conjugate spectrum of the kernel, summed over channels (per frequency,
-    a (tiles * B, C) x (C, O) product, complex as three real ones), transforms back to that tile.
+    `tile` x `tile` tiles; each reads an (nh, nw) = (tile + kh - 1, tile + kw - 1) window of the
+    padded input. The windows' 2-D DFTs (a real one along the width: G = nw // 2 + 1 frequencies,
+    then a complex one along the height: nh) are products with DFT matrices, every window and
+    channel at once; per frequency bin, the spectra (tiles * B, C) times the kernel's conjugate
+    spectrum (C, O), complex as three real products, sum over the channels; inverse DFTs, again
+    products, give each tile's first `tile` x `tile` values, the circular correlation's
+    wrap-free part. Per output pixel and channel pair that is 3 nh G / tile**2 real multiply-adds
+    (3.7 for 9x9 kernels and tile 16) instead of kh kw (81); the transforms cost O(C + O), not
+    O(C O).
     """
     batch, height, width, channels = x.shape
     kh, kw, _, outputs = kernel.shape
@@ -235,22 +224,32 @@ def fft_conv(x, kernel, pads, tile: int):
     out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
     rows, cols = -(-out_h // tile), -(-out_w // tile)
     nh, nw = tile + kh - 1, tile + kw - 1
-    if tile < max(kh, kw) - 1:
-        raise ValueError(f"fft_conv: tile {tile} is smaller than the kernel {kh}x{kw} less one")
-    padded = jnp.pad(x, ((0, 0), (top, (rows + 1) * tile - top - height),
-                         (left, (cols + 1) * tile - left - width), (0, 0)))
-    windows = _overlapping_windows(_overlapping_windows(padded, 1, tile, kh - 1), 3, tile, kw - 1)
-    spectra = jnp.fft.rfft2(windows, axes=(2, 4))  # (B, rows, nh, cols, nw/2+1, C)
-    spectra = spectra.transpose(4, 2, 1, 3, 0, 5).reshape(-1, rows * cols * batch, channels)
-    kr, ki = _kernel_spectrum(kernel, nh, nw)                                   # (bins, C, O) each
-    xr, xi = spectra.real, spectra.imag
-    common = (xr + xi) @ kr                         # (xr + i xi)(kr + i ki) in 3 real products
-    real = common - xi @ (kr + ki)
-    imag = common + xr @ (ki - kr)
-    product = lax.complex(real, imag).reshape(nw // 2 + 1, nh, rows, cols, batch, outputs)
-    tiles = jnp.fft.irfft2(product.transpose(4, 2, 1, 3, 0, 5), s=(nh, nw), axes=(2, 4))
-    out = tiles[:, :, :tile, :, :tile].reshape(batch, rows * tile, cols * tile, outputs)
-    return out[:, :out_h, :out_w]
+    bins = (nh, nw // 2 + 1)
+    tiles = batch * rows * cols
+    m = {name: jnp.asarray(a) for name, a in _dft_matrices(kh, kw, tile).items()}
+    with jax.named_scope("dft_conv"):
+        padded = jnp.pad(x, ((0, 0), (top, (rows + 1) * tile - top - height),
+                             (left, (cols + 1) * tile - left - width), (0, 0)))
+        windows = _overlapping_windows(_overlapping_windows(padded, 1, tile, kh - 1), 3, tile, kw - 1)
+        by_column = windows.transpose(4, 0, 1, 2, 3, 5).reshape(nw, -1)    # (v, B R u Cc C)
+        half = (m["width"] @ by_column).reshape(2, bins[1], batch, rows, nh, cols, channels)
+        half = half.transpose(0, 4, 1, 2, 3, 5, 6).reshape(2 * nh, -1)    # (re/im u, g B R Cc C)
+
+        def spectrum(rows_of):       # (F, G, tiles, C): a part of the windows' spectra
+            return (m[rows_of] @ half).reshape(*bins, tiles, channels)
+
+        def kernel_spectrum(part):   # (F, G, C, O): a part of the kernel's conjugate spectrum
+            return (m[part] @ kernel.reshape(kh * kw, -1)).reshape(*bins, channels, outputs)
+
+        common = spectrum("height_sum") @ kernel_spectrum("kernel_real")       # (re + im) kr
+        real = common - spectrum("height_imag") @ kernel_spectrum("kernel_sum")
+        imag = common + spectrum("height_real") @ kernel_spectrum("kernel_difference")
+        product = jnp.concatenate([real, imag]).reshape(2 * nh, -1)            # (re/im f, g tiles O)
+        columns = (m["inverse_height"] @ product).reshape(2, tile, bins[1], batch, rows, cols, outputs)
+        columns = columns.transpose(0, 2, 1, 3, 4, 5, 6).reshape(2 * bins[1], -1)
+        out = (m["inverse_width"] @ columns).reshape(tile, tile, batch, rows, cols, outputs)
+        out = out.transpose(2, 3, 1, 4, 0, 5).reshape(batch, rows * tile, cols * tile, outputs)
+        return out[:, :out_h, :out_w]
 
 
 def _overlapping_windows(x, axis: int, step: int, overlap: int):
@@ -264,22 +263,36 @@ def _overlapping_windows(x, axis: int, step: int, overlap: int):
     return jnp.concatenate([head, tail], axis=axis + 1)
 
 
-def _kernel_spectrum(kernel, nh: int, nw: int):
-    """Real and imaginary parts of the conjugate 2-D real FFT of `kernel` zero-padded to (nh, nw):
-    (bins, C, O) each, bins ordered (column frequency, row frequency) as `fft_conv` orders the
-    input's. Computed as products with (frequencies, taps) DFT matrices: the kernel is small."""
-    kh, kw, channels, outputs = kernel.shape
-    col_cos, col_sin = _dft_matrix(nw, kw, nw // 2 + 1)    # (G, kw)
-    row_cos, row_sin = _dft_matrix(nh, kh, nh)             # (F, kh)
-    by_column = kernel.transpose(1, 0, 2, 3).reshape(kw, -1)                    # (kw, kh * C * O)
-    tr = (col_cos @ by_column).reshape(-1, kh, channels * outputs)             # (G, kh, C * O)
-    ti = (col_sin @ by_column).reshape(-1, kh, channels * outputs)
-    real = row_cos @ tr - row_sin @ ti                                          # (G, F, C * O)
-    imag = row_cos @ ti + row_sin @ tr
-    return real.reshape(-1, channels, outputs), imag.reshape(-1, channels, outputs)
-
-
-def _dft_matrix(n: int, taps: int, frequencies: int):
-    """cos and sin of 2 pi f u / n, (frequencies, taps): exp(+i ...), the conjugate DFT."""
-    angle = 2 * np.pi * np.outer(np.arange(frequencies), np.arange(taps)) / n
-    return jnp.asarray(np.cos(angle), jnp.float32), jnp.asarray(np.sin(angle), jnp.float32)
+@functools.lru_cache(maxsize=None)
+def _dft_matrices(kh: int, kw: int, tile: int) -> dict:
+    """`dft_conv`'s constant float32 matrices for a kh x kw kernel and tile x tile tiles
+    (nh = tile + kh - 1, nw = tile + kw - 1, G = nw // 2 + 1 width frequencies):
+      width (2G, nw): the real DFT along the width, real parts over imaginary parts;
+      height_real, height_imag, height_sum (nh, 2nh): the real part, imaginary part and their sum
+        of the complex DFT along the height, applied to (real, imaginary) stacked;
+      kernel_real, kernel_sum, kernel_difference (nh G, kh kw): the kernel's conjugate spectrum
+        kr, kr + ki and ki - kr (the three products of a complex product);
+      inverse_height (2 tile, 2nh): the inverse complex DFT along the height, first `tile` rows;
+      inverse_width (tile, 2G): the inverse real DFT along the width, first `tile` columns."""
+    nh, nw = tile + kh - 1, tile + kw - 1
+    freq_h, freq_w = np.arange(nh), np.arange(nw // 2 + 1)
+    angle = 2 * np.pi * np.outer(freq_w, np.arange(nw)) / nw
+    width = np.concatenate([np.cos(angle), -np.sin(angle)])
+    angle = 2 * np.pi * np.outer(freq_h, np.arange(nh)) / nh
+    cos, sin = np.cos(angle), np.sin(angle)
+    height_real, height_imag = np.concatenate([cos, sin], 1), np.concatenate([-sin, cos], 1)
+    angle = 2 * np.pi * (freq_h[:, None, None, None] * np.arange(kh)[None, None, :, None] / nh
+                         + freq_w[None, :, None, None] * np.arange(kw)[None, None, None, :] / nw)
+    kernel_real = np.cos(angle).reshape(nh * len(freq_w), kh * kw)
+    kernel_imag = np.sin(angle).reshape(nh * len(freq_w), kh * kw)
+    angle = 2 * np.pi * np.outer(np.arange(tile), freq_h) / nh
+    cos, sin = np.cos(angle) / nh, np.sin(angle) / nh
+    inverse_height = np.block([[cos, -sin], [sin, cos]])
+    weight = np.where((freq_w == 0) | (2 * freq_w == nw), 1.0, 2.0) / nw   # the half spectrum's
+    angle = 2 * np.pi * np.outer(np.arange(tile), freq_w) / nw
+    inverse_width = np.concatenate([np.cos(angle) * weight, -np.sin(angle) * weight], 1)
+    matrices = dict(width=width, height_real=height_real, height_imag=height_imag,
+                    height_sum=height_real + height_imag, kernel_real=kernel_real,
+                    kernel_sum=kernel_real + kernel_imag, kernel_difference=kernel_imag - kernel_real,
+                    inverse_height=inverse_height, inverse_width=inverse_width)
+    return {name: a.astype(np.float32) for name, a in matrices.items()}

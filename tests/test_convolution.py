@@ -1,6 +1,6 @@
 """The model's convolution equals XLA's, in values and gradients, on whichever path it takes:
 oneDNN's kernels where they are loaded (Linux x86-64 with the `cpu` extra), else the narrow-layer
-and FFT-gradient forms (the tests of those hide oneDNN: `without_onednn`)."""
+and DFT forms (the tests of the narrow forms hide oneDNN: `without_onednn`)."""
 import functools
 import os
 import subprocess
@@ -87,10 +87,11 @@ def test_gradients_match_xlas_and_training_uses_the_patch_product(without_onednn
     ((2, 20, 17, 5), (5, 3, 5, 6), ((2, 0), (0, 3)), 8),    # non-square kernel, uneven pads
     ((1, 9, 9, 2), (9, 9, 2, 3), ((4, 4), (4, 4)), 16),     # one tile larger than the map
     ((1, 10, 10, 2), (3, 3, 2, 2), ((0, 0), (0, 0)), 3),    # VALID
+    ((1, 10, 9, 2), (3, 4, 2, 2), ((0, 0), (1, 2)), 3),     # an odd window width (no Nyquist bin)
 ])
-def test_fft_conv_equals_xlas_convolution(input_shape, kernel_shape, pads, tile):
+def test_dft_conv_equals_xlas_convolution(input_shape, kernel_shape, pads, tile):
     x, kernel = normal(10, input_shape), normal(11, kernel_shape)
-    ours = convolution.fft_conv(x, kernel, pads, tile)
+    ours = convolution.dft_conv(x, kernel, pads, tile)
     theirs = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=NHWC)
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
@@ -106,35 +107,39 @@ def conv_gradients(conv, x, kernel, cotangent):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_large_layers_take_fft_gradients_that_match_xlas(dtype, without_onednn):
-    x = normal(12, (1, 40, 44, 32), dtype)
-    kernel = normal(13, (9, 9, 32, 32), dtype) * 0.1
-    cotangent = normal(14, (1, 40, 44, 32), dtype)
+@pytest.mark.parametrize("onednn_loaded", [True, False])
+def test_large_layers_take_the_dft_form_that_matches_xlas(dtype, onednn_loaded, monkeypatch):
+    """A 9x9 64 -> 64 layer on a 40x44 map: on a CPU no convolution is left in the program
+    (oneDNN loaded or not), and values and gradients equal XLA's convolution's."""
+    if not onednn_loaded:
+        monkeypatch.setattr(onednn, "available", lambda: False)
+    x = normal(12, (1, 40, 44, 64), dtype)
+    kernel = normal(13, (9, 9, 64, 64), dtype) * 0.05
+    cotangent = normal(14, (1, 40, 44, 64), dtype)
     (ours, hlo), (theirs, _) = [conv_gradients(conv, x, kernel, cotangent)
                                 for conv in (convolution.conv_general_dilated, lax.conv_general_dilated)]
-    assert " fft(" in hlo and hlo.count(" convolution(") == 1  # the forward pass only
+    assert "dft_conv" in hlo and " convolution(" not in hlo and "custom-call" not in hlo
     forward = jax.jit(lambda a, b: convolution.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC))
-    assert " fft(" not in forward.lower(x, kernel).compile().as_text()
+    ours_out, theirs_out = forward(x, kernel), lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
     tolerance = 1e-4 if dtype == jnp.float32 else 2e-2
-    for o, t in zip(ours, theirs):
+    for o, t in [(ours_out, theirs_out), *zip(ours, theirs)]:
         assert o.dtype == t.dtype == dtype
         scale = float(jnp.max(jnp.abs(t.astype(jnp.float32))))
         np.testing.assert_allclose(o.astype(jnp.float32) / scale, t.astype(jnp.float32) / scale, atol=tolerance)
 
 
 @pytest.mark.parametrize("input_shape, kernel_shape", [
-    ((1, 39, 44, 32), (9, 9, 32, 32)),   # a side under MIN_FFT_SIDE
-    ((1, 40, 65, 32), (9, 9, 32, 32)),   # a side over MAX_FFT_SIDE
-    ((1, 40, 40, 32), (9, 7, 32, 32)),   # a kernel side under MIN_FFT_KERNEL
-    ((1, 40, 40, 32), (19, 19, 32, 32)), # a kernel wider than FFT_TILE + 1
-    ((1, 40, 40, 16), (9, 9, 16, 32)),   # too few input channels
-    ((1, 40, 40, 32), (9, 9, 32, 15)),   # too few outputs (a stage's belief maps)
+    ((1, 39, 44, 64), (9, 9, 64, 64)),   # a side under MIN_DFT_SIDE
+    ((1, 40, 97, 64), (9, 9, 64, 64)),   # a side over MAX_DFT_SIDE
+    ((1, 40, 40, 64), (9, 7, 64, 64)),   # a kernel side under MIN_DFT_KERNEL
+    ((1, 40, 40, 48), (9, 9, 48, 64)),   # too few input channels
+    ((1, 40, 40, 64), (9, 9, 64, 15)),   # too few outputs (a stage's belief maps)
 ])
 def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape, without_onednn):
     x, kernel = normal(15, input_shape), normal(16, kernel_shape)
     cotangent = normal(17, input_shape[:3] + kernel_shape[-1:])
     _, hlo = conv_gradients(convolution.conv_general_dilated, x, kernel, cotangent)
-    assert " fft(" not in hlo and hlo.count(" convolution(") == 3
+    assert "dft_conv" not in hlo and hlo.count(" convolution(") == 3
 
 
 @pytest.mark.parametrize("kernel_shape, kwargs", [
@@ -170,11 +175,11 @@ def test_model_uses_it_for_the_first_layer_only(without_onednn):
     assert hlo.count(" convolution(") == convs - ones - 2
 
 
-def test_model_gradients_with_fft_layers_match_xlas(monkeypatch, without_onednn):
-    """A 2-stage CPM on 128x128 images with 32-channel 9x9 trunk layers: the trunks' 64x64 layers
-    take FFT gradients, and the parameters' gradients equal those with XLA's convolutions."""
+def test_model_gradients_with_dft_layers_match_xlas(monkeypatch):
+    """A 2-stage CPM on 128x128 images with 64-channel 9x9 trunk layers: the trunks' 64x64 layers
+    take the DFT form, and the parameters' gradients equal those with XLA's convolutions."""
     m = tiny_config(input_size=128).model
-    m.trunk_kernel, m.trunk_features, m.bottleneck_features = 9, 32, 32
+    m.trunk_kernel, m.trunk_features, m.bottleneck_features = 9, 64, 64
     model = cpm_model.CPM(m)
     image = normal(18, (1, 128, 128, 3)) * 0.3
     center = jnp.zeros((1, 16, 16, 1))
@@ -186,9 +191,10 @@ def test_model_gradients_with_fft_layers_match_xlas(monkeypatch, without_onednn)
         return fn(params), fn.lower(params).compile().as_text()
 
     ours, hlo = gradients()
-    monkeypatch.setattr(convolution, "MIN_FFT_SIDE", 10 ** 6)
+    monkeypatch.setattr(convolution, "MIN_DFT_SIDE", 10 ** 6)
+    monkeypatch.setattr(onednn, "available", lambda: False)
     theirs, xla_hlo = gradients()
-    assert " fft(" in hlo and " fft(" not in xla_hlo
+    assert "dft_conv" in hlo and "dft_conv" not in xla_hlo
     for (path, o), t in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(o, t, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(t))), err_msg=str(path[0]))
 
