@@ -2,24 +2,26 @@
 products for large layers, oneDNN's kernels for the others.
 
 On a CPU, wide layers with large kernels on mid-sized maps (MIN_DFT_KERNEL or more taps a side,
-MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels,
-stride 1, no negative padding: the paper model's 9x9 and 11x11 128-channel layers at 46x46 to
-92x92) run as `dft_conv`, forward and gradients (by JAX's autodiff of its matrix products): per
-output pixel and channel pair about 3.7 real multiply-adds (3 per frequency bin, 312 bins per
-16x16 tile of a 9x9 kernel) instead of the kernel's 81 or 121, at the price of memory traffic (the windows' spectra are 1.2x the input, the kernel's
-3 x 312 bins x C x O). Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with
-gradients, oneDNN -> DFT, one process): 64x64x128 -> 128 9x9 230 / 461 -> 170 / 282; 46x46x128
--> 128 11x11 162 / 340 -> 158 / 271; 92x92x128 -> 128 9x9 448 / 1278 -> 350 / 606. The
-paper-width training step at 128x128 2.90 -> 1.96 s (medians, alternating in one process), its
-inference 0.95 -> 0.71-0.78 s; the 368x368 step 23.1 -> 21.5 s, peak host memory 4.97 -> 6.46 GB
-(with the 92x92 layers left to oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower
-there: 32x32 maps (9x9: 51 / 104 -> 68 / 110), 48 input channels (46x46x48 -> 128 11x11:
-56 / 120 -> 79 / 104), the 128x128 first layer (3 input channels), the 16x16 belief-map layers
-(11x11: 19 / 35 -> 92 / 105 in a prototype), and maps over 96 a side (the 184x184 layers, not
-measured in this form: with the earlier FFT gradients they took the 368x368 step to 8.4 GB). An
-earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for gradients only) was slower than XLA's
-convolution forward (246 against 210 ms for the 64x64 layer): XLA's FFTs and the complex arrays'
-layout changes cost more than the products.
+MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels, at
+most DFT_TILE + 1 taps a side, stride 1, no negative padding: the paper model's 9x9 and 11x11
+128-channel layers at 46x46 to 92x92) run as `dft_conv`, forward and gradients (by JAX's autodiff
+of its matrix products): per output pixel and channel pair about 3.7 real multiply-adds (3 per
+frequency bin, 312 bins per 16x16 tile of a 9x9 kernel) instead of the kernel's 81 or 121, at the
+price of memory traffic (the windows' spectra are 1.2x the input, the kernel's 3 x 312 bins x C x
+O). Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with gradients, oneDNN ->
+DFT, one process): 64x64x128 -> 128 9x9 230 / 461 -> 170 / 282; 46x46x128 -> 128 11x11 162 / 340 ->
+158 / 271; 92x92x128 -> 128 9x9 448 / 1278 -> 350 / 606. The paper-width training step at 128x128
+2.90 -> 1.96 s (medians, alternating in one process), its inference 0.95 -> 0.71-0.78 s; the
+368x368 step 23.1 -> 21.5 s, peak host memory 4.97 -> 6.46 GB (with the 92x92 layers left to
+oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower there: 32x32 maps (9x9: 51 / 104 ->
+68 / 110), 48 input channels (46x46x48 -> 128 11x11: 56 / 120 -> 79 / 104), the 128x128 first layer
+(3 input channels), the 16x16 belief-map layers (11x11: 19 / 35 -> 92 / 105 in a prototype), and
+maps over 96 a side (the 184x184 layers, not measured in this form: with the earlier FFT gradients
+they took the 368x368 step to 8.4 GB). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for
+gradients only) was slower than XLA's convolution forward (246 against 210 ms for the 64x64 layer):
+XLA's FFTs and the complex arrays' layout changes cost more than the products. DFT_TILE = 16 against
+8 and 12 (ms forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383,
+the 32x32 one 67 / 104 against 79 / 107 and 83 / 126.
 
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
@@ -109,7 +111,8 @@ def _is_narrow(rhs) -> bool:
 
 def _has_dft_form(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
-    return (MIN_DFT_KERNEL <= min(kh, kw) and MIN_DFT_SIDE <= min(lhs.shape[1:3])
+    return (MIN_DFT_KERNEL <= min(kh, kw) and max(kh, kw) <= DFT_TILE + 1
+            and MIN_DFT_SIDE <= min(lhs.shape[1:3])
             and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
             and min(p for pair in pads for p in pair) >= 0)
 
@@ -216,10 +219,12 @@ def dft_conv(x, kernel, pads, tile: int):
     products, give each tile's first `tile` x `tile` values, the circular correlation's
     wrap-free part. Per output pixel and channel pair that is 3 nh G / tile**2 real multiply-adds
     (3.7 for 9x9 kernels and tile 16) instead of kh kw (81); the transforms cost O(C + O), not
-    O(C O).
+    O(C O). Requires tile >= kernel size - 1 (a window is two tiles at most).
     """
     batch, height, width, channels = x.shape
     kh, kw, _, outputs = kernel.shape
+    if tile < max(kh, kw) - 1:
+        raise ValueError(f"dft_conv: tile {tile} is smaller than the kernel {kh}x{kw} less one")
     (top, bottom), (left, right) = pads
     out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
     rows, cols = -(-out_h // tile), -(-out_w // tile)

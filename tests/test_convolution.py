@@ -97,6 +97,11 @@ def test_dft_conv_equals_xlas_convolution(input_shape, kernel_shape, pads, tile)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+def test_dft_conv_refuses_a_tile_too_small_for_the_kernel():
+    with pytest.raises(ValueError, match="tile 8 is smaller than the kernel 11x11"):
+        convolution.dft_conv(jnp.zeros((1, 16, 16, 2)), jnp.zeros((11, 11, 2, 2)), ((5, 5), (5, 5)), 8)
+
+
 def conv_gradients(conv, x, kernel, cotangent):
     """(gradients of x and kernel, the compiled CPU program's text) for
     `sum(relu(conv(x, kernel)) * cotangent)` (the ReLU keeps the forward pass in the program)."""
@@ -132,6 +137,7 @@ def test_large_layers_take_the_dft_form_that_matches_xlas(dtype, onednn_loaded, 
     ((1, 39, 44, 64), (9, 9, 64, 64)),   # a side under MIN_DFT_SIDE
     ((1, 40, 97, 64), (9, 9, 64, 64)),   # a side over MAX_DFT_SIDE
     ((1, 40, 40, 64), (9, 7, 64, 64)),   # a kernel side under MIN_DFT_KERNEL
+    ((1, 40, 40, 64), (19, 19, 64, 64)), # a kernel wider than DFT_TILE + 1
     ((1, 40, 40, 48), (9, 9, 48, 64)),   # too few input channels
     ((1, 40, 40, 64), (9, 9, 64, 15)),   # too few outputs (a stage's belief maps)
 ])
