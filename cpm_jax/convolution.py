@@ -3,7 +3,7 @@ products for large layers, oneDNN's kernels for the others.
 
 On a CPU, wide layers with large kernels on mid-sized maps (MIN_DFT_KERNEL or more taps a side,
 MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels, at
-most DFT_TILE + 1 taps a side, stride 1, no negative padding: the paper model's 9x9 and 11x11
+most DFT_TILE + 1 taps a side, MIN_DFT_TILES or more output tiles in the batch, stride 1, no negative padding: the paper model's 9x9 and 11x11
 128-channel layers at 46x46 to 92x92) run as `dft_conv`, forward and gradients (by JAX's autodiff
 of its matrix products): per output pixel and channel pair about 3.7 real multiply-adds (3 per
 frequency bin, 312 bins per 16x16 tile of a 9x9 kernel) instead of the kernel's 81 or 121, at the
@@ -21,7 +21,12 @@ they took the 368x368 step to 8.4 GB). An earlier form (`jnp.fft.rfft2` tiles, 2
 gradients only) was slower than XLA's convolution forward (246 against 210 ms for the 64x64 layer):
 XLA's FFTs and the complex arrays' layout changes cost more than the products. DFT_TILE = 16 against
 8 and 12 (ms forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383,
-the 32x32 one 67 / 104 against 79 / 107 and 83 / 126.
+the 32x32 one 67 / 104 against 79 / 107 and 83 / 126. Fewer tiles in the batch leave the kernel's
+spectrum (the same size whatever the batch) to too few images: 46x46x128 -> 128 11x11 (9 tiles an
+image) by batch 1, 2, 4 (oneDNN -> DFT) 37 / 75 -> 54 / 82, 37 / 75 -> 51 / 104, 77 / 156 -> 77 /
+113; the 64x64 layer (16 tiles an image) by batch 2 58 / 110 -> 62 / 89, the 92x92 (36) by batch 1
+99 / 215 -> 56 / 96. (oneDNN's kernels here split a call's batch over the threads: a batch of 1
+runs on one core.)
 
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
@@ -65,6 +70,7 @@ MAX_ELEMENTWISE_MACS = 1024  # multiply-adds per output pixel
 MIN_DFT_KERNEL = 9           # kernel taps a side (both sides)
 MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 96  # input pixels a side (both sides)
 MIN_DFT_CHANNELS = 64        # input and output channels
+MIN_DFT_TILES = 32           # output tiles of the batch (batch x tiles an image)
 DFT_TILE = 16                # output pixels a side of an overlap-save tile
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -111,10 +117,13 @@ def _is_narrow(rhs) -> bool:
 
 def _has_dft_form(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
+    (top, bottom), (left, right) = pads
+    tiles = (lhs.shape[0] * -(-(lhs.shape[1] + top + bottom - kh + 1) // DFT_TILE)
+             * -(-(lhs.shape[2] + left + right - kw + 1) // DFT_TILE))
     return (MIN_DFT_KERNEL <= min(kh, kw) and max(kh, kw) <= DFT_TILE + 1
             and MIN_DFT_SIDE <= min(lhs.shape[1:3])
             and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
-            and min(p for pair in pads for p in pair) >= 0)
+            and min(top, bottom, left, right) >= 0 and tiles >= MIN_DFT_TILES)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

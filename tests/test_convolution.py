@@ -114,13 +114,13 @@ def conv_gradients(conv, x, kernel, cotangent):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("onednn_loaded", [True, False])
 def test_large_layers_take_the_dft_form_that_matches_xlas(dtype, onednn_loaded, monkeypatch):
-    """A 9x9 64 -> 64 layer on a 40x44 map: on a CPU no convolution is left in the program
+    """A 9x9 64 -> 64 layer on a batch of 4 40x44 maps (36 tiles): on a CPU no convolution is left in the program
     (oneDNN loaded or not), and values and gradients equal XLA's convolution's."""
     if not onednn_loaded:
         monkeypatch.setattr(onednn, "available", lambda: False)
-    x = normal(12, (1, 40, 44, 64), dtype)
+    x = normal(12, (4, 40, 44, 64), dtype)
     kernel = normal(13, (9, 9, 64, 64), dtype) * 0.05
-    cotangent = normal(14, (1, 40, 44, 64), dtype)
+    cotangent = normal(14, (4, 40, 44, 64), dtype)
     (ours, hlo), (theirs, _) = [conv_gradients(conv, x, kernel, cotangent)
                                 for conv in (convolution.conv_general_dilated, lax.conv_general_dilated)]
     assert "dft_conv" in hlo and " convolution(" not in hlo and "custom-call" not in hlo
@@ -134,12 +134,13 @@ def test_large_layers_take_the_dft_form_that_matches_xlas(dtype, onednn_loaded, 
 
 
 @pytest.mark.parametrize("input_shape, kernel_shape", [
-    ((1, 39, 44, 64), (9, 9, 64, 64)),   # a side under MIN_DFT_SIDE
-    ((1, 40, 97, 64), (9, 9, 64, 64)),   # a side over MAX_DFT_SIDE
-    ((1, 40, 40, 64), (9, 7, 64, 64)),   # a kernel side under MIN_DFT_KERNEL
-    ((1, 40, 40, 64), (19, 19, 64, 64)), # a kernel wider than DFT_TILE + 1
-    ((1, 40, 40, 48), (9, 9, 48, 64)),   # too few input channels
-    ((1, 40, 40, 64), (9, 9, 64, 15)),   # too few outputs (a stage's belief maps)
+    ((4, 39, 44, 64), (9, 9, 64, 64)),   # a side under MIN_DFT_SIDE
+    ((4, 40, 97, 64), (9, 9, 64, 64)),   # a side over MAX_DFT_SIDE
+    ((4, 40, 40, 64), (9, 7, 64, 64)),   # a kernel side under MIN_DFT_KERNEL
+    ((4, 40, 40, 64), (19, 19, 64, 64)), # a kernel wider than DFT_TILE + 1
+    ((4, 40, 40, 48), (9, 9, 48, 64)),   # too few input channels
+    ((4, 40, 40, 64), (9, 9, 64, 15)),   # too few outputs (a stage's belief maps)
+    ((3, 40, 40, 64), (9, 9, 64, 64)),   # too few tiles: 3 x 3 x 3 < MIN_DFT_TILES
 ])
 def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape, without_onednn):
     x, kernel = normal(15, input_shape), normal(16, kernel_shape)
@@ -187,9 +188,9 @@ def test_model_gradients_with_dft_layers_match_xlas(monkeypatch):
     m = tiny_config(input_size=128).model
     m.trunk_kernel, m.trunk_features, m.bottleneck_features = 9, 64, 64
     model = cpm_model.CPM(m)
-    image = normal(18, (1, 128, 128, 3)) * 0.3
-    center = jnp.zeros((1, 16, 16, 1))
-    targets = normal(19, (1, m.num_stages, 16, 16, m.num_parts + 1))
+    image = normal(18, (2, 128, 128, 3)) * 0.3   # 2 x 16 tiles at 64x64: MIN_DFT_TILES
+    center = jnp.zeros((2, 16, 16, 1))
+    targets = normal(19, (2, m.num_stages, 16, 16, m.num_parts + 1))
     params = model.init(jax.random.key(0), image, center)["params"]
 
     def gradients():
