@@ -24,8 +24,11 @@ One run measures, on whatever backend JAX finds:
     accelerator, JAX's peak device memory.
   * layers (only when asked: `--parts train,layers`): each distinct convolution of the model
     (`architecture.model_convolutions`) timed alone, forward and training (forward and
-    gradients), with how many times the model runs it, summed over the model and set against
-    the whole training step: where the step's time goes, layer by layer against PyTorch.
+    gradients), with how many times the model runs it and the form JAX runs it in on a CPU
+    (`convolution.cpu_form`), summed over the model and set against the whole training step:
+    where the step's time goes, layer by layer against PyTorch.
+The header's "convolutions:" line counts a forward pass's convolutions by that form (on a CPU;
+JSON `convolution_forms`) and says whether oneDNN's kernels loaded (JSON `convolutions`).
 `--compare torch` builds the same network in PyTorch (`torch_peer.py`: same layers, Caffe ceil-mode
 pooling, parameter count checked, the JAX parameters copied in), times the same batch in the same
 process, alternating rounds of JAX and PyTorch steps, and prints JAX / PyTorch ratios.
@@ -327,6 +330,27 @@ def jax_layer(conv: architecture.ConvAt, batch: int, dtype: str, seed: int = 0) 
     return (lambda: forward(variables, x)), (lambda: train_(variables, x))
 
 
+FORM_NAMES = {"dft": "as DFT matrix products (convolution.dft_conv)", "onednn": "on oneDNN",
+              "narrow": "in the narrow-layer forms", "xla": "on XLA's convolution"}
+
+
+def layer_form(conv: architecture.ConvAt, batch: int, dtype: str) -> str:
+    """`convolution.cpu_form` of one of the model's ("SAME") convolutions at this batch size."""
+    shape = (batch, conv.size, conv.size, conv.in_channels)
+    kernel = (conv.kernel, conv.kernel, conv.in_channels, conv.features)
+    pads = jax.lax.padtype_to_pads(shape[1:3], kernel[:2], (1, 1), "SAME")
+    return convolution.cpu_form(shape, kernel, pads, jnp.dtype(dtype))
+
+
+def convolution_forms(m: ml_collections.ConfigDict, batch: int) -> dict:
+    """How many of a forward pass's convolutions each `convolution.cpu_form` takes on a CPU."""
+    forms = {}
+    for conv, count in architecture.model_convolutions(m).items():
+        form = layer_form(conv, batch, m.dtype)
+        forms[form] = forms.get(form, 0) + count
+    return forms
+
+
 def layer_times(config: ml_collections.ConfigDict, batch: int, steps: int, compare: str,
                 pause: float = 0.5) -> list[dict]:
     """Median milliseconds of each distinct convolution of the model (`architecture.model_convolutions`),
@@ -344,6 +368,7 @@ def layer_times(config: ml_collections.ConfigDict, batch: int, steps: int, compa
         times = alternate({name: functools.partial(repeat, run, repeats[name]) for name, run in runners.items()},
                           steps, rounds=2 if compare else 1, pause=pause)
         rows.append({**dataclasses.asdict(conv), "count": count,
+                     "jax_form": layer_form(conv, batch, config.model.dtype) if jax.default_backend() == "cpu" else "xla",
                      **{f"{name}_ms": 1e3 * statistics.median(seconds) / repeats[name]
                         for name, seconds in times.items()}})
     return rows
@@ -419,6 +444,7 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
         "host": platform.node(), "cpu_cores": len(os.sched_getaffinity(0)),
         "jax": jax.__version__,
         "convolutions": onednn.status() if device.platform == "cpu" else "XLA's",
+        "convolution_forms": convolution_forms(m, batch) if device.platform == "cpu" else {},
         "peak_gflops": peak, "peak_reckoned": peak_note, "matmul_gflops": matmul,
         **bandwidth,
         "forward_gflops_per_image": forward_flops / 1e9,
@@ -509,7 +535,8 @@ def summarise(out: dict) -> str:
              f"{c['dtype']}, {out['params']:,} parameters; {out['backend']} ({out['device']}, "
              f"{out['devices']} device(s), {out['cpu_cores']} CPU cores), jax {out['jax']}"
              + (f", torch {out['torch']} ({out['torch_threads']} threads)" if "torch" in out else "")]
-    lines.append(f"convolutions: {out['convolutions']}")
+    forms = ", ".join(f"{count} {FORM_NAMES[form]}" for form, count in out["convolution_forms"].items())
+    lines.append(f"convolutions: {forms + '; ' if forms else ''}{out['convolutions']}")
     lines.append(f"peak assumed: {out['peak_reckoned']}; a large matrix product reaches "
                  f"{out['matmul_gflops']:.0f} GFLOP/s here")
     lines.append(f"memory bandwidth: {out['memory_gb_per_s']:.1f} GB/s over arrays larger than the caches, "
@@ -568,20 +595,20 @@ def layer_table(out: dict) -> list[str]:
     """The `layers` part as table lines: per convolution and summed over the model (x count),
     milliseconds and the PyTorch / JAX time ratio (> 1: JAX is faster, as the images/s ratios)."""
     torch_ = "layers_torch_train_ms" in out
-    head = ("convolution (per batch)", "count", "JAX fwd ms", "JAX train ms")
+    head = ("convolution (per batch)", "count", "JAX form", "JAX fwd ms", "JAX train ms")
     head += ("PyTorch fwd ms", "PyTorch train ms", "fwd vs PyTorch", "train vs PyTorch") if torch_ else ()
 
-    def cells(label, count, jf, jt, tf=None, tt=None):
-        row = (label, str(count), f"{jf:.2f}", f"{jt:.2f}")
+    def cells(label, count, form, jf, jt, tf=None, tt=None):
+        row = (label, str(count), form, f"{jf:.2f}", f"{jt:.2f}")
         return row + (f"{tf:.2f}", f"{tt:.2f}", f"{tf / jf:.2f}x", f"{tt / jt:.2f}x") if torch_ else row
 
     rows = [head]
     for r in out["layers"]:
         label = (f"{r['size']}x{r['size']}x{r['in_channels']} -> {r['features']}, {r['kernel']}x{r['kernel']}"
                  + (" (image)" if r["on_image"] else ""))
-        rows.append(cells(label, r["count"], r["jax_forward_ms"], r["jax_train_ms"],
+        rows.append(cells(label, r["count"], r["jax_form"], r["jax_forward_ms"], r["jax_train_ms"],
                           r.get("torch_forward_ms"), r.get("torch_train_ms")))
-    rows.append(cells("all convolutions of the model", sum(r["count"] for r in out["layers"]),
+    rows.append(cells("all convolutions of the model", sum(r["count"] for r in out["layers"]), "",
                       out["layers_jax_forward_ms"], out["layers_jax_train_ms"],
                       out.get("layers_torch_forward_ms"), out.get("layers_torch_train_ms")))
     lines = aligned(rows)

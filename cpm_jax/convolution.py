@@ -88,16 +88,29 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(
             lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
         pads = tuple(tuple(int(p) for p in pair) for pair in pads)
-        if _has_dft_form(lhs, rhs, pads):
-            return _dft_or_lax_conv(lhs, rhs, pads)
-        if onednn.available() and onednn.supports(lhs, rhs, pads):
-            return _onednn_conv(lhs, rhs, pads)
-        if _is_narrow(rhs):
-            return _narrow_conv(lhs, rhs, pads)
+        form = _FORMS.get(_cpu_form(lhs, rhs, pads))
+        if form is not None:
+            return form(lhs, rhs, pads)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         precision=precision, **kwargs)
+
+
+def cpu_form(input_shape, kernel_shape, pads, dtype=jnp.float32) -> str:
+    """How `conv_general_dilated` runs a stride-1 NHWC convolution of an (B, H, W, C) input and a
+    (kh, kw, C, O) kernel with `pads` ((top, bottom), (left, right)) on a CPU: "dft" (`dft_conv`),
+    "onednn" (oneDNN's kernels), "narrow" (the narrow-layer forms) or "xla" (XLA's convolution)."""
+    return _cpu_form(jax.ShapeDtypeStruct(input_shape, dtype), jax.ShapeDtypeStruct(kernel_shape, dtype),
+                     tuple(tuple(int(p) for p in pair) for pair in pads))
+
+
+def _cpu_form(lhs, rhs, pads) -> str:
+    if _has_dft_form(lhs, rhs, pads):
+        return "dft"
+    if onednn.available() and onednn.supports(lhs, rhs, pads):
+        return "onednn"
+    return "narrow" if _is_narrow(rhs) else "xla"
 
 
 def _is_plain(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -310,3 +323,6 @@ def _dft_matrices(kh: int, kw: int, tile: int) -> dict:
                     kernel_sum=kernel_real + kernel_imag, kernel_difference=kernel_imag - kernel_real,
                     inverse_height=inverse_height, inverse_width=inverse_width)
     return {name: a.astype(np.float32) for name, a in matrices.items()}
+
+
+_FORMS = {"dft": _dft_or_lax_conv, "onednn": _onednn_conv, "narrow": _narrow_conv}  # "xla": lax's

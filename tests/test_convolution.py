@@ -124,6 +124,7 @@ def test_large_layers_take_the_dft_form_that_matches_xlas(dtype, onednn_loaded, 
     (ours, hlo), (theirs, _) = [conv_gradients(conv, x, kernel, cotangent)
                                 for conv in (convolution.conv_general_dilated, lax.conv_general_dilated)]
     assert "dft_conv" in hlo and " convolution(" not in hlo and "custom-call" not in hlo
+    assert convolution.cpu_form(x.shape, kernel.shape, ((4, 4), (4, 4)), dtype) == "dft"
     forward = jax.jit(lambda a, b: convolution.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC))
     ours_out, theirs_out = forward(x, kernel), lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
     tolerance = 1e-4 if dtype == jnp.float32 else 2e-2
@@ -147,6 +148,8 @@ def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape, without_one
     cotangent = normal(17, input_shape[:3] + kernel_shape[-1:])
     _, hlo = conv_gradients(convolution.conv_general_dilated, x, kernel, cotangent)
     assert "dft_conv" not in hlo and hlo.count(" convolution(") == 3
+    pads = lax.padtype_to_pads(input_shape[1:3], kernel_shape[:2], (1, 1), "SAME")
+    assert convolution.cpu_form(input_shape, kernel_shape, pads) == "xla"
 
 
 @pytest.mark.parametrize("kernel_shape, kwargs", [
@@ -303,3 +306,20 @@ def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reaso
     status, value = done.stdout.strip().splitlines()[-2:]
     assert status.startswith("XLA's own convolutions") and reason in status, status
     assert float(value) == 18.0
+
+
+@pytest.mark.parametrize("input_size, batch, dft", [
+    (128, 8, 2),    # the trunks' 64x64x128 -> 128 9x9 layers (16 tiles an image)
+    (128, 1, 0),    # 16 tiles < MIN_DFT_TILES
+    (368, 8, 12),   # the trunks' 92x92 layers and the stages' 46x46x128 -> 128 11x11 ones
+    (368, 1, 2),    # the 92x92 layers only (36 tiles; the 46x46 ones have 9)
+])
+def test_which_paper_model_layers_take_the_dft_form(input_size, batch, dft, without_onednn):
+    """`cpu_form` (what the benchmark reports) names the form `conv_general_dilated` takes."""
+    from cpm_jax import bench, configs
+    m = configs.resolve_dtype(experiment("lsp_paper"), "cpu").model
+    m.input_size = input_size
+    forms = bench.convolution_forms(m, batch)
+    assert forms.get("dft", 0) == dft
+    assert sum(forms.values()) == sum(architecture.model_convolutions(m).values())
+    assert set(forms) <= {"dft", "xla"}  # oneDNN hidden; no narrow layer in the paper model
