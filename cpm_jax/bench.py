@@ -12,8 +12,9 @@ One run measures, on whatever backend JAX finds:
     or the step bounds training;
   * FLOPs: forward FLOPs per image from the layer list (`architecture.forward_multiply_adds`,
     1 MAC = 2 FLOPs) and from XLA's cost analysis (which leaves out the zero padding, and
-    oneDNN's convolutions: custom calls, `onednn.py`), side by side; achieved FLOP/s of the step (layer list: a training step is 3x the forward pass; a
-    direct convolution's count, so where `convolution.py` takes the DFT form it can pass the peak)
+    oneDNN's convolutions: custom calls, `onednn.py`), side by side; achieved FLOP/s of the step
+    (layer list: a training step is 3x the forward pass; a direct convolution's count, so where
+    `convolution.py` takes the DFT form it can pass the peak)
     against the device's peak (CPU: cores x nominal GHz x FLOP/cycle from /proc/cpuinfo; an
     accelerator: the vendor's figure; `--peak_gflops` overrides) and against the rate a large
     matrix product reaches here (clocks may boost above the nominal);

@@ -130,13 +130,19 @@ def _is_narrow(rhs) -> bool:
 
 def _has_dft_form(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
-    (top, bottom), (left, right) = pads
-    tiles = (lhs.shape[0] * -(-(lhs.shape[1] + top + bottom - kh + 1) // DFT_TILE)
-             * -(-(lhs.shape[2] + left + right - kw + 1) // DFT_TILE))
+    _, rows, cols = _output_tiles(lhs.shape, rhs.shape, pads, DFT_TILE)
     return (MIN_DFT_KERNEL <= min(kh, kw) and max(kh, kw) <= DFT_TILE + 1
             and MIN_DFT_SIDE <= min(lhs.shape[1:3])
             and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
-            and min(top, bottom, left, right) >= 0 and tiles >= MIN_DFT_TILES)
+            and min(p for pair in pads for p in pair) >= 0 and lhs.shape[0] * rows * cols >= MIN_DFT_TILES)
+
+
+def _output_tiles(input_shape, kernel_shape, pads, tile: int) -> tuple[tuple[int, int], int, int]:
+    """((H', W') the output's size, rows, columns of `tile` x `tile` tiles covering it)."""
+    (top, bottom), (left, right) = pads
+    out_h = input_shape[1] + top + bottom - kernel_shape[0] + 1
+    out_w = input_shape[2] + left + right - kernel_shape[1] + 1
+    return (out_h, out_w), -(-out_h // tile), -(-out_w // tile)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -247,9 +253,8 @@ def dft_conv(x, kernel, pads, tile: int):
     kh, kw, _, outputs = kernel.shape
     if tile < max(kh, kw) - 1:
         raise ValueError(f"dft_conv: tile {tile} is smaller than the kernel {kh}x{kw} less one")
-    (top, bottom), (left, right) = pads
-    out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
-    rows, cols = -(-out_h // tile), -(-out_w // tile)
+    (top, _), (left, _) = pads
+    (out_h, out_w), rows, cols = _output_tiles(x.shape, kernel.shape, pads, tile)
     nh, nw = tile + kh - 1, tile + kw - 1
     bins = (nh, nw // 2 + 1)
     tiles = batch * rows * cols

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cpm_jax import architecture, convolution, model as cpm_model, onednn
+from cpm_jax import architecture, bench, configs, convolution, model as cpm_model, onednn
 from tests.conftest import normal, tiny_config
 from tests.test_paper_defaults import experiment
 
@@ -114,8 +114,8 @@ def conv_gradients(conv, x, kernel, cotangent):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("onednn_loaded", [True, False])
 def test_large_layers_take_the_dft_form_that_matches_xlas(dtype, onednn_loaded, monkeypatch):
-    """A 9x9 64 -> 64 layer on a batch of 4 40x44 maps (36 tiles): on a CPU no convolution is left in the program
-    (oneDNN loaded or not), and values and gradients equal XLA's convolution's."""
+    """A 9x9 64 -> 64 layer on a batch of 4 40x44 maps (36 tiles): on a CPU no convolution is
+    left in the program (oneDNN loaded or not), and values and gradients equal XLA's."""
     if not onednn_loaded:
         monkeypatch.setattr(onednn, "available", lambda: False)
     x = normal(12, (4, 40, 44, 64), dtype)
@@ -316,7 +316,6 @@ def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reaso
 ])
 def test_which_paper_model_layers_take_the_dft_form(input_size, batch, dft, without_onednn):
     """`cpu_form` (what the benchmark reports) names the form `conv_general_dilated` takes."""
-    from cpm_jax import bench, configs
     m = configs.resolve_dtype(experiment("lsp_paper"), "cpu").model
     m.input_size = input_size
     forms = bench.convolution_forms(m, batch)
