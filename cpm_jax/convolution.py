@@ -22,11 +22,10 @@ gradients only) was slower than XLA's convolution forward (246 against 210 ms fo
 XLA's FFTs and the complex arrays' layout changes cost more than the products. DFT_TILE = 16 against
 8 and 12 (ms forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383,
 the 32x32 one 67 / 104 against 79 / 107 and 83 / 126. Fewer tiles in the batch leave the kernel's
-spectrum (the same size whatever the batch) to too few images: 46x46x128 -> 128 11x11 (9 tiles an
-image) by batch 1, 2, 4 (oneDNN -> DFT) 37 / 75 -> 54 / 82, 37 / 75 -> 51 / 104, 77 / 156 -> 77 /
-113; the 64x64 layer (16 tiles an image) by batch 2 58 / 110 -> 62 / 89, the 92x92 (36) by batch 1
-99 / 215 -> 56 / 96. (oneDNN's kernels here split a call's batch over the threads: a batch of 1
-runs on one core.)
+spectrum (the same size whatever the batch) to too few images. Batch 1, 2, 4 of 46x46x128 -> 128
+11x11 (9 tiles an image), oneDNN -> DFT: 20 / 66 -> 46 / 95, 37 / 116 -> 57 / 111, 76 / 235 -> 74 /
+149; the 64x64 layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1
+52 / 157 -> 65 / 118 (its forward pass alone a little slower).
 
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry

@@ -15,8 +15,9 @@ in the user's cache directory), loads it, and registers the handlers for the CPU
 
 Where it cannot load (another platform or machine, no C++ compiler, the wheels missing), setup()
 says why and the model keeps XLA's convolutions: the same results, slower on a CPU. oneDNN runs
-on XLA's own threads: each call splits its batch over XLA's intra-op thread pool, one oneDNN
-thread a slice (the kernel's source says why not oneDNN's OpenMP threads).
+on XLA's own threads: each call splits its batch (or, with fewer images than threads, each image's
+rows) over XLA's intra-op thread pool, one oneDNN thread a part (the kernel's source says how,
+and why not oneDNN's OpenMP threads).
 """
 import ctypes
 import hashlib

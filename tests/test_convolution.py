@@ -228,6 +228,11 @@ def custom_calls(hlo: str) -> int:
     ((2, 12, 12, 16), (7, 7, 16, 32), "SAME"),          # a later stage's layer
     ((3, 10, 9, 4), (3, 3, 4, 5), "VALID"),
     ((2, 8, 8, 32), (1, 1, 32, 15), "SAME"),            # a stage's output layer
+    # Fewer images than threads: bands of rows, each with the rows its kernel reaches
+    ((1, 16, 16, 8), (3, 3, 8, 4), "SAME"),
+    ((1, 7, 9, 4), (7, 7, 4, 5), "SAME"),               # the kernel taller than a band
+    ((1, 9, 9, 4), (9, 9, 4, 4), ((8, 0), (4, 4))),     # pads up to the kernel's size - 1
+    ((1, 3, 5, 2), (3, 3, 2, 2), ((0, 2), (1, 1))),     # fewer rows than bands
 ])
 def test_onednn_matches_xla_in_values_and_gradients(input_shape, kernel_shape, padding):
     x, kernel = normal(20, input_shape), normal(21, kernel_shape) * 0.3
