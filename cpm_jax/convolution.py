@@ -27,6 +27,15 @@ spectrum (the same size whatever the batch) to too few images. Batch 1, 2, 4 of 
 149; the 64x64 layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1
 52 / 157 -> 65 / 118 (its forward pass alone a little slower).
 
+Larger maps, up to MAX_DFT_INFERENCE_SIDE (the paper model's 184x184 layers), take the DFT form
+only where not differentiated (`_dft_inference_conv`, a custom VJP): differentiated, the layer's
+direct form and its gradients run instead, because the windows' spectra that the DFT's gradients
+keep would take the 368x368 batch-8 training step from 6.5 to 7.7 GB of host memory (its step 25 ->
+12 s; `jax.checkpoint` does not shed them: XLA merges the recomputation with the forward pass).
+The 184x184x128 -> 128 9x9 layer by batch 2, oneDNN -> DFT: 458 / 1358 -> 258 / 484 ms; the paper
+model's 368x368 inference 7.0 -> 3.8 s for a batch of 8 (PyTorch 6.9), 1.0 -> 0.73 s for one image
+(PyTorch 0.92).
+
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
 point's `runtime.setup()` does it), forward and both gradients (`_onednn_conv`), as PyTorch's do.
@@ -68,6 +77,7 @@ MAX_ELEMENTWISE_INPUTS = 4   # input channels; see the module docstring
 MAX_ELEMENTWISE_MACS = 1024  # multiply-adds per output pixel
 MIN_DFT_KERNEL = 9           # kernel taps a side (both sides)
 MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 96  # input pixels a side (both sides)
+MAX_DFT_INFERENCE_SIDE = 184  # the same where not differentiated (module docstring)
 MIN_DFT_CHANNELS = 64        # input and output channels
 MIN_DFT_TILES = 32           # output tiles of the batch (batch x tiles an image)
 DFT_TILE = 16                # output pixels a side of an overlap-save tile
@@ -87,9 +97,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(
             lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
         pads = tuple(tuple(int(p) for p in pair) for pair in pads)
-        form = _FORMS.get(_cpu_form(lhs, rhs, pads))
-        if form is not None:
-            return form(lhs, rhs, pads)
+        return _FORMS[_cpu_form(lhs, rhs, pads)](lhs, rhs, pads)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -99,14 +107,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 def cpu_form(input_shape, kernel_shape, pads, dtype=jnp.float32) -> str:
     """How `conv_general_dilated` runs a stride-1 NHWC convolution of an (B, H, W, C) input and a
     (kh, kw, C, O) kernel with `pads` ((top, bottom), (left, right)) on a CPU: "dft" (`dft_conv`),
-    "onednn" (oneDNN's kernels), "narrow" (the narrow-layer forms) or "xla" (XLA's convolution)."""
+    "dft_inference" (`dft_conv` where not differentiated, else the layer's direct form), "onednn"
+    (oneDNN's kernels), "narrow" (the narrow-layer forms) or "xla" (XLA's convolution)."""
     return _cpu_form(jax.ShapeDtypeStruct(input_shape, dtype), jax.ShapeDtypeStruct(kernel_shape, dtype),
                      tuple(tuple(int(p) for p in pair) for pair in pads))
 
 
 def _cpu_form(lhs, rhs, pads) -> str:
-    if _has_dft_form(lhs, rhs, pads):
+    if _has_dft_form(lhs, rhs, pads, MAX_DFT_SIDE):
         return "dft"
+    if _has_dft_form(lhs, rhs, pads, MAX_DFT_INFERENCE_SIDE):
+        return "dft_inference"
+    return _direct_form(lhs, rhs, pads)
+
+
+def _direct_form(lhs, rhs, pads) -> str:
+    """The form a layer takes without the DFT: "onednn", "narrow" or "xla"."""
     if onednn.available() and onednn.supports(lhs, rhs, pads):
         return "onednn"
     return "narrow" if _is_narrow(rhs) else "xla"
@@ -127,12 +143,12 @@ def _is_narrow(rhs) -> bool:
     return inputs <= MAX_ELEMENTWISE_INPUTS and kh * kw * inputs * outputs <= MAX_ELEMENTWISE_MACS
 
 
-def _has_dft_form(lhs, rhs, pads) -> bool:
+def _has_dft_form(lhs, rhs, pads, max_side: int) -> bool:
     kh, kw, inputs, outputs = rhs.shape
     _, rows, cols = _output_tiles(lhs.shape, rhs.shape, pads, DFT_TILE)
     return (MIN_DFT_KERNEL <= min(kh, kw) and max(kh, kw) <= DFT_TILE + 1
             and MIN_DFT_SIDE <= min(lhs.shape[1:3])
-            and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
+            and max(lhs.shape[1:3]) <= max_side and min(inputs, outputs) >= MIN_DFT_CHANNELS
             and min(p for pair in pads for p in pair) >= 0 and lhs.shape[0] * rows * cols >= MIN_DFT_TILES)
 
 
@@ -227,6 +243,25 @@ def _dft_or_lax_conv(x, kernel, pads):
     return lax.platform_dependent(
         x, kernel, cpu=functools.partial(_dft_conv_float32, pads=pads, tile=DFT_TILE),
         default=functools.partial(_lax_conv, pads=pads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dft_inference_conv(x, kernel, pads):
+    """`_dft_or_lax_conv` where not differentiated; differentiated, the layer's direct form and
+    its gradients (the DFT's spectra, kept for the gradients, would take the 368x368 step past
+    8 GB: module docstring)."""
+    return _dft_or_lax_conv(x, kernel, pads)
+
+
+def _dft_inference_forward(x, kernel, pads):
+    return jax.vjp(functools.partial(_FORMS[_direct_form(x, kernel, pads)], pads=pads), x, kernel)
+
+
+def _dft_inference_backward(pads, direct_vjp, g):
+    return direct_vjp(g)
+
+
+_dft_inference_conv.defvjp(_dft_inference_forward, _dft_inference_backward)
 
 
 def _dft_conv_float32(x, kernel, pads, tile):
@@ -329,4 +364,5 @@ def _dft_matrices(kh: int, kw: int, tile: int) -> dict:
     return {name: a.astype(np.float32) for name, a in matrices.items()}
 
 
-_FORMS = {"dft": _dft_or_lax_conv, "onednn": _onednn_conv, "narrow": _narrow_conv}  # "xla": lax's
+_FORMS = {"dft": _dft_or_lax_conv, "dft_inference": _dft_inference_conv, "onednn": _onednn_conv,
+          "narrow": _narrow_conv, "xla": _lax_conv}
