@@ -331,8 +331,7 @@ def jax_layer(conv: architecture.ConvAt, batch: int, dtype: str, seed: int = 0) 
     return (lambda: forward(variables, x)), (lambda: train_(variables, x))
 
 
-FORM_NAMES = {"dft": "as DFT matrix products (convolution.dft_conv)",
-              "dft_inference": "as DFT matrix products where not differentiated", "onednn": "on oneDNN",
+FORM_NAMES = {"dft": "as DFT matrix products (convolution.dft_conv)", "onednn": "on oneDNN",
               "narrow": "in the narrow-layer forms", "xla": "on XLA's convolution"}
 
 

@@ -3,9 +3,9 @@ products for large layers, oneDNN's kernels for the others.
 
 On a CPU, wide layers with large kernels on mid-sized maps (MIN_DFT_KERNEL or more taps a side,
 MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels, at
-most DFT_TILE + 1 taps a side, MIN_DFT_TILES or more output tiles in the batch, stride 1, no negative padding: the paper model's 9x9 and 11x11
-128-channel layers at 46x46 to 92x92) run as `dft_conv`, forward and gradients (by JAX's autodiff
-of its matrix products): per output pixel and channel pair about 3.7 real multiply-adds (3 per
+most DFT_TILE + 1 taps a side, MIN_DFT_TILES or more output tiles in the batch, stride 1, no
+negative padding: the paper model's 9x9 and 11x11 128-channel layers at 46x46 to 184x184) run as
+`dft_conv`, forward and gradients (by JAX's autodiff of its matrix products): per output pixel and channel pair about 3.7 real multiply-adds (3 per
 frequency bin, 312 bins per 16x16 tile of a 9x9 kernel) instead of the kernel's 81 or 121, at the
 price of memory traffic (the windows' spectra are 1.2x the input, the kernel's 3 x 312 bins x C x
 O). Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with gradients, oneDNN ->
@@ -16,8 +16,7 @@ DFT, one process): 64x64x128 -> 128 9x9 230 / 461 -> 170 / 282; 46x46x128 -> 128
 oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower there: 32x32 maps (9x9: 51 / 104 ->
 68 / 110), 48 input channels (46x46x48 -> 128 11x11: 56 / 120 -> 79 / 104), the 128x128 first layer
 (3 input channels), the 16x16 belief-map layers (11x11: 19 / 35 -> 92 / 105 in a prototype), and
-maps over 96 a side (the 184x184 layers, not measured in this form: with the earlier FFT gradients
-they took the 368x368 step to 8.4 GB). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for
+maps over 184 a side (the 368x368 first layers have 3 input channels anyway). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for
 gradients only) was slower than XLA's convolution forward (246 against 210 ms for the 64x64 layer):
 XLA's FFTs and the complex arrays' layout changes cost more than the products. DFT_TILE = 16 against
 8 and 12 (ms forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383,
@@ -27,14 +26,15 @@ spectrum (the same size whatever the batch) to too few images. Batch 1, 2, 4 of 
 149; the 64x64 layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1
 52 / 157 -> 65 / 118 (its forward pass alone a little slower).
 
-Larger maps, up to MAX_DFT_INFERENCE_SIDE (the paper model's 184x184 layers), take the DFT form
-only where not differentiated (`_dft_inference_conv`, a custom VJP): differentiated, the layer's
-direct form and its gradients run instead, because the windows' spectra that the DFT's gradients
-keep would take the 368x368 batch-8 training step from 6.5 to 7.7 GB of host memory (its step 25 ->
-12 s; `jax.checkpoint` does not shed them: XLA merges the recomputation with the forward pass).
-The 184x184x128 -> 128 9x9 layer by batch 2, oneDNN -> DFT: 458 / 1358 -> 258 / 484 ms; the paper
-model's 368x368 inference 7.0 -> 3.8 s for a batch of 8 (PyTorch 6.9), 1.0 -> 0.73 s for one image
-(PyTorch 0.92).
+The gradients keep each DFT layer's input and kernel, not its windows' spectra, and recompute
+those (`_dft_conv_keeping_inputs`; `jax.checkpoint` did not shed them: XLA merged the
+recomputation with the forward pass). The spectra of the 184x184 layers would take the 368x368
+batch-8 training step from 6.5 GB of host memory to 7.7 GB; recomputed, it takes 7.0 GB and
+10.9 s (25 s with those layers on oneDNN, 12.0 s with the spectra kept). The 184x184x128 -> 128 9x9
+layer by batch 2, oneDNN -> DFT: 458 / 1358 -> 258 / 484 ms; the paper model's 368x368 inference
+7.0 -> 3.8 s for a batch of 8 (PyTorch 6.9 s), 1.0 -> 0.73 s for one image (PyTorch 0.92 s). At
+128x128 (the 64x64 layers) recomputing costs nothing measurable (the paper-width gradient 1748
+against 1768 ms, medians of 6 alternating).
 
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
@@ -76,8 +76,7 @@ from cpm_jax import onednn
 MAX_ELEMENTWISE_INPUTS = 4   # input channels; see the module docstring
 MAX_ELEMENTWISE_MACS = 1024  # multiply-adds per output pixel
 MIN_DFT_KERNEL = 9           # kernel taps a side (both sides)
-MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 96  # input pixels a side (both sides)
-MAX_DFT_INFERENCE_SIDE = 184  # the same where not differentiated (module docstring)
+MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 184  # input pixels a side (both sides)
 MIN_DFT_CHANNELS = 64        # input and output channels
 MIN_DFT_TILES = 32           # output tiles of the batch (batch x tiles an image)
 DFT_TILE = 16                # output pixels a side of an overlap-save tile
@@ -107,22 +106,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 def cpu_form(input_shape, kernel_shape, pads, dtype=jnp.float32) -> str:
     """How `conv_general_dilated` runs a stride-1 NHWC convolution of an (B, H, W, C) input and a
     (kh, kw, C, O) kernel with `pads` ((top, bottom), (left, right)) on a CPU: "dft" (`dft_conv`),
-    "dft_inference" (`dft_conv` where not differentiated, else the layer's direct form), "onednn"
-    (oneDNN's kernels), "narrow" (the narrow-layer forms) or "xla" (XLA's convolution)."""
+    "onednn" (oneDNN's kernels), "narrow" (the narrow-layer forms) or "xla" (XLA's convolution)."""
     return _cpu_form(jax.ShapeDtypeStruct(input_shape, dtype), jax.ShapeDtypeStruct(kernel_shape, dtype),
                      tuple(tuple(int(p) for p in pair) for pair in pads))
 
 
 def _cpu_form(lhs, rhs, pads) -> str:
-    if _has_dft_form(lhs, rhs, pads, MAX_DFT_SIDE):
+    if _has_dft_form(lhs, rhs, pads):
         return "dft"
-    if _has_dft_form(lhs, rhs, pads, MAX_DFT_INFERENCE_SIDE):
-        return "dft_inference"
-    return _direct_form(lhs, rhs, pads)
-
-
-def _direct_form(lhs, rhs, pads) -> str:
-    """The form a layer takes without the DFT: "onednn", "narrow" or "xla"."""
     if onednn.available() and onednn.supports(lhs, rhs, pads):
         return "onednn"
     return "narrow" if _is_narrow(rhs) else "xla"
@@ -143,12 +134,12 @@ def _is_narrow(rhs) -> bool:
     return inputs <= MAX_ELEMENTWISE_INPUTS and kh * kw * inputs * outputs <= MAX_ELEMENTWISE_MACS
 
 
-def _has_dft_form(lhs, rhs, pads, max_side: int) -> bool:
+def _has_dft_form(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
     _, rows, cols = _output_tiles(lhs.shape, rhs.shape, pads, DFT_TILE)
     return (MIN_DFT_KERNEL <= min(kh, kw) and max(kh, kw) <= DFT_TILE + 1
             and MIN_DFT_SIDE <= min(lhs.shape[1:3])
-            and max(lhs.shape[1:3]) <= max_side and min(inputs, outputs) >= MIN_DFT_CHANNELS
+            and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
             and min(p for pair in pads for p in pair) >= 0 and lhs.shape[0] * rows * cols >= MIN_DFT_TILES)
 
 
@@ -245,27 +236,31 @@ def _dft_or_lax_conv(x, kernel, pads):
         default=functools.partial(_lax_conv, pads=pads))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dft_inference_conv(x, kernel, pads):
-    """`_dft_or_lax_conv` where not differentiated; differentiated, the layer's direct form and
-    its gradients (the DFT's spectra, kept for the gradients, would take the 368x368 step past
-    8 GB: module docstring)."""
-    return _dft_or_lax_conv(x, kernel, pads)
-
-
-def _dft_inference_forward(x, kernel, pads):
-    return jax.vjp(functools.partial(_FORMS[_direct_form(x, kernel, pads)], pads=pads), x, kernel)
-
-
-def _dft_inference_backward(pads, direct_vjp, g):
-    return direct_vjp(g)
-
-
-_dft_inference_conv.defvjp(_dft_inference_forward, _dft_inference_backward)
-
-
 def _dft_conv_float32(x, kernel, pads, tile):
-    return dft_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, tile).astype(x.dtype)
+    return _dft_conv_keeping_inputs(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, tile).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dft_conv_keeping_inputs(x, kernel, pads, tile):
+    """`dft_conv`, whose gradients keep only x and the kernel and recompute the windows'
+    spectra (the module docstring says why)."""
+    return dft_conv(x, kernel, pads, tile)
+
+
+def _keeping_inputs_forward(x, kernel, pads, tile):
+    return dft_conv(x, kernel, pads, tile), (x, kernel)
+
+
+def _keeping_inputs_backward(pads, tile, residuals, g):
+    x, kernel = residuals
+    # A dependence on g, so that XLA cannot merge the recomputed spectra with the forward pass's
+    # (and keep those after all, as it does under jax.checkpoint: XLA:CPU drops optimisation
+    # barriers). A non-finite g[0, 0, 0, 0] makes every gradient NaN, as autodiff's would be.
+    x = x + 0 * g[0, 0, 0, 0]
+    return jax.vjp(functools.partial(dft_conv, pads=pads, tile=tile), x, kernel)[1](g)
+
+
+_dft_conv_keeping_inputs.defvjp(_keeping_inputs_forward, _keeping_inputs_backward)
 
 
 def dft_conv(x, kernel, pads, tile: int):
@@ -364,5 +359,4 @@ def _dft_matrices(kh: int, kw: int, tile: int) -> dict:
     return {name: a.astype(np.float32) for name, a in matrices.items()}
 
 
-_FORMS = {"dft": _dft_or_lax_conv, "dft_inference": _dft_inference_conv, "onednn": _onednn_conv,
-          "narrow": _narrow_conv, "xla": _lax_conv}
+_FORMS = {"dft": _dft_or_lax_conv, "onednn": _onednn_conv, "narrow": _narrow_conv, "xla": _lax_conv}
