@@ -79,6 +79,9 @@ ACCELERATOR_PEAKS = {
 # Timing
 
 
+STEPS_PER_ROUND, MAX_ROUNDS = 5, 8  # `measure`'s alternation of JAX and PyTorch
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Seconds one call of `fn` takes, its results waited for."""
     start = time.perf_counter()
@@ -422,8 +425,12 @@ class TorchPeer:
 
 def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tuple[str, ...],
             compare: str = "", pipeline_batches: int = 20, peak_gflops: float = 0.0,
-            rounds: int = 2, pause: float = 0.5, on_progress: Callable[[str], None] = lambda line: None) -> dict:
-    """Every figure of the module docstring, as one flat dict (`summarise` lists the keys)."""
+            rounds: int = 0, pause: float = 0.5, on_progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Every figure of the module docstring, as one flat dict (`summarise` lists the keys).
+    `rounds` of JAX and PyTorch steps alternate (0: one round per STEPS_PER_ROUND steps, 2 to
+    MAX_ROUNDS): the finer they alternate, the less a drift of the machine's speed within the
+    run tilts the ratios (the demo's training ratio 1.13-1.30x over 3 runs of 2 rounds)."""
+    rounds = rounds or max(2, min(MAX_ROUNDS, steps // STEPS_PER_ROUND))
     config = configs.resolve_dtype(config, jax.default_backend())
     if batch % jax.local_device_count():
         raise errors.ConfigError(f"--batch {batch} does not split over {jax.local_device_count()} devices")
