@@ -26,15 +26,17 @@ spectrum (the same size whatever the batch) to too few images. Batch 1, 2, 4 of 
 149; the 64x64 layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1
 52 / 157 -> 65 / 118 (its forward pass alone a little slower).
 
-The gradients keep each DFT layer's input and kernel, not its windows' spectra, and recompute
-those (`_dft_conv_keeping_inputs`; `jax.checkpoint` did not shed them: XLA merged the
-recomputation with the forward pass). The spectra of the 184x184 layers would take the 368x368
+The gradients of a DFT layer whose windows' spectra pass MAX_KEPT_SPECTRA_BYTES (at batch 8 the
+92x92 and 184x184 layers: 138 and 552 MB; the 64x64 ones: 61 MB) keep its input and kernel, not
+the spectra, and recompute those (`_dft_conv_keeping_inputs`; `jax.checkpoint` did not shed them:
+XLA merged the recomputation with the forward pass). The spectra of the 184x184 layers would take the 368x368
 batch-8 training step from 6.5 GB of host memory to 7.7 GB; recomputed, it takes 7.0 GB and
 10.9 s (25 s with those layers on oneDNN, 12.0 s with the spectra kept). The 184x184x128 -> 128 9x9
 layer by batch 2, oneDNN -> DFT: 458 / 1358 -> 258 / 484 ms; the paper model's 368x368 inference
 7.0 -> 3.8 s for a batch of 8 (PyTorch 6.9 s), 1.0 -> 0.73 s for one image (PyTorch 0.92 s). At
-128x128 (the 64x64 layers) recomputing costs nothing measurable (the paper-width gradient 1748
-against 1768 ms, medians of 6 alternating).
+128x128 (the 64x64 layers), where memory is no concern, recomputing may cost a little (the
+paper-width gradient 1748 against 1768 ms, 1695 against 1762, medians of 6 and 12 alternating),
+hence the threshold.
 
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
@@ -80,6 +82,7 @@ MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 184  # input pixels a side (both sides)
 MIN_DFT_CHANNELS = 64        # input and output channels
 MIN_DFT_TILES = 32           # output tiles of the batch (batch x tiles an image)
 DFT_TILE = 16                # output pixels a side of an overlap-save tile
+MAX_KEPT_SPECTRA_BYTES = 100 << 20  # a DFT layer's windows' spectra kept for its gradients, else recomputed
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -237,7 +240,11 @@ def _dft_or_lax_conv(x, kernel, pads):
 
 
 def _dft_conv_float32(x, kernel, pads, tile):
-    return _dft_conv_keeping_inputs(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, tile).astype(x.dtype)
+    kh, kw, channels, _ = kernel.shape
+    _, rows, cols = _output_tiles(x.shape, kernel.shape, pads, tile)
+    spectra_bytes = 3 * (tile + kh - 1) * ((tile + kw - 1) // 2 + 1) * x.shape[0] * rows * cols * channels * 4
+    conv = _dft_conv_keeping_inputs if spectra_bytes > MAX_KEPT_SPECTRA_BYTES else dft_conv
+    return conv(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, tile).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
