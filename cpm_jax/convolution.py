@@ -5,38 +5,39 @@ On a CPU, wide layers with large kernels on mid-sized maps (MIN_DFT_KERNEL or mo
 MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels, at
 most DFT_TILE + 1 taps a side, MIN_DFT_TILES or more output tiles in the batch, stride 1, no
 negative padding: the paper model's 9x9 and 11x11 128-channel layers at 46x46 to 184x184) run as
-`dft_conv`, forward and gradients (by JAX's autodiff of its matrix products): per output pixel and channel pair about 3.7 real multiply-adds (3 per
-frequency bin, 312 bins per 16x16 tile of a 9x9 kernel) instead of the kernel's 81 or 121, at the
-price of memory traffic (the windows' spectra are 1.2x the input, the kernel's 3 x 312 bins x C x
-O). Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms forward / forward with gradients, oneDNN ->
-DFT, one process): 64x64x128 -> 128 9x9 230 / 461 -> 170 / 282; 46x46x128 -> 128 11x11 162 / 340 ->
-158 / 271; 92x92x128 -> 128 9x9 448 / 1278 -> 350 / 606. The paper-width training step at 128x128
-2.90 -> 1.96 s (medians, alternating in one process), its inference 0.95 -> 0.71-0.78 s; the
-368x368 step 23.1 -> 21.5 s, peak host memory 4.97 -> 6.46 GB (with the 92x92 layers left to
-oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower there: 32x32 maps (9x9: 51 / 104 ->
-68 / 110), 48 input channels (46x46x48 -> 128 11x11: 56 / 120 -> 79 / 104), the 128x128 first layer
-(3 input channels), the 16x16 belief-map layers (11x11: 19 / 35 -> 92 / 105 in a prototype), and
-maps over 184 a side (the 368x368 first layers have 3 input channels anyway). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for
-gradients only) was slower than XLA's convolution forward (246 against 210 ms for the 64x64 layer):
-XLA's FFTs and the complex arrays' layout changes cost more than the products. DFT_TILE = 16 against
-8 and 12 (ms forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383,
-the 32x32 one 67 / 104 against 79 / 107 and 83 / 126. Fewer tiles in the batch leave the kernel's
-spectrum (the same size whatever the batch) to too few images. Batch 1, 2, 4 of 46x46x128 -> 128
-11x11 (9 tiles an image), oneDNN -> DFT: 20 / 66 -> 46 / 95, 37 / 116 -> 57 / 111, 76 / 235 -> 74 /
-149; the 64x64 layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1
-52 / 157 -> 65 / 118 (its forward pass alone a little slower).
+`dft_conv`, forward and gradients (by JAX's autodiff of its matrix products): per output pixel and
+channel pair about 3.7 real multiply-adds (3 per frequency bin, 312 bins per 16x16 tile of a 9x9
+kernel) instead of the kernel's 81 or 121, at the price of memory traffic (the windows' spectra are
+1.2x the input, the kernel's 3 x 312 bins x C x O). Measured on a 2-core AMD EPYC Zen 5 (batch 8, ms
+forward / forward with gradients, oneDNN -> DFT, one process): 64x64x128 -> 128 9x9 230 / 461 -> 170
+/ 282; 46x46x128 -> 128 11x11 162 / 340 -> 158 / 271; 92x92x128 -> 128 9x9 448 / 1278 -> 350 / 606.
+The paper-width training step at 128x128 2.90 -> 1.96 s (medians, alternating in one process), its
+inference 0.95 -> 0.71-0.78 s; the 368x368 step 23.1 -> 21.5 s, peak host memory 4.97 -> 6.46 GB
+(with the 92x92 layers left to oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower
+there: 32x32 maps (9x9: 51 / 104 -> 68 / 110), 48 input channels (46x46x48 -> 128 11x11: 56 / 120 ->
+79 / 104), the 128x128 first layer (3 input channels), the 16x16 belief-map layers (11x11: 19 / 35
+-> 92 / 105 in a prototype), and maps over 184 a side (the 368x368 first layers have 3 input
+channels anyway). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for gradients only) was
+slower than XLA's convolution forward (246 against 210 ms for the 64x64 layer): XLA's FFTs and the
+complex arrays' layout changes cost more than the products. DFT_TILE = 16 against 8 and 12 (ms
+forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383, the 32x32 one
+67 / 104 against 79 / 107 and 83 / 126. Fewer tiles in the batch leave the kernel's spectrum (the
+same size whatever the batch) to too few images. Batch 1, 2, 4 of 46x46x128 -> 128 11x11 (9 tiles an
+image), oneDNN -> DFT: 20 / 66 -> 46 / 95, 37 / 116 -> 57 / 111, 76 / 235 -> 74 / 149; the 64x64
+layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1 52 / 157 -> 65
+/ 118 (its forward pass alone a little slower).
 
 The gradients of a DFT layer whose windows' spectra pass MAX_KEPT_SPECTRA_BYTES (at batch 8 the
-92x92 and 184x184 layers: 138 and 552 MB; the 64x64 ones: 61 MB) keep its input and kernel, not
-the spectra, and recompute those (`_dft_conv_keeping_inputs`; `jax.checkpoint` did not shed them:
-XLA merged the recomputation with the forward pass). The spectra of the 184x184 layers would take the 368x368
-batch-8 training step from 6.5 GB of host memory to 7.7 GB; recomputed, it takes 7.0 GB and
+92x92 and 184x184 layers: 138 and 552 MB; the 64x64 ones: 61 MB) keep its input and kernel, not the
+spectra, and recompute those (`_dft_conv_keeping_inputs`; `jax.checkpoint` did not shed them: XLA
+merged the recomputation with the forward pass). The spectra of the 184x184 layers would take the
+368x368 batch-8 training step from 6.5 GB of host memory to 7.7 GB; recomputed, it takes 7.0 GB and
 10.9 s (25 s with those layers on oneDNN, 12.0 s with the spectra kept). The 184x184x128 -> 128 9x9
-layer by batch 2, oneDNN -> DFT: 458 / 1358 -> 258 / 484 ms; the paper model's 368x368 inference
-7.0 -> 3.8 s for a batch of 8 (PyTorch 6.9 s), 1.0 -> 0.73 s for one image (PyTorch 0.92 s). At
-128x128 (the 64x64 layers), where memory is no concern, recomputing may cost a little (the
-paper-width gradient 1748 against 1768 ms, 1695 against 1762, medians of 6 and 12 alternating),
-hence the threshold.
+layer by batch 2, oneDNN -> DFT: 458 / 1358 -> 258 / 484 ms; the paper model's 368x368 inference 7.0
+-> 3.8 s for a batch of 8 (PyTorch 6.9 s), 1.0 -> 0.73 s for one image (PyTorch 0.92 s). At 128x128
+(the 64x64 layers), where memory is no concern, recomputing may cost a little (the paper-width
+gradient 1748 against 1768 ms, 1695 against 1762, medians of 6 and 12 alternating), hence the
+threshold.
 
 Every other stride-1 float32 NHWC convolution with pads from 0 to the kernel's size - 1 runs on
 oneDNN where `onednn.setup()` loaded its kernels (Linux x86-64 with the `cpu` extra; every entry
@@ -67,6 +68,7 @@ third of PyTorch's speed. For such a layer on a CPU (GPUs and TPUs always run XL
     training gradient: 94 -> 87 ms (median 104 -> 99) against XLA's convolution.
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +146,12 @@ def _has_dft_form(lhs, rhs, pads) -> bool:
             and MIN_DFT_SIDE <= min(lhs.shape[1:3])
             and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
             and min(p for pair in pads for p in pair) >= 0 and lhs.shape[0] * rows * cols >= MIN_DFT_TILES)
+
+
+def _frequency_bins(kernel_shape, tile: int) -> tuple[int, int]:
+    """(nh, G): `dft_conv`'s frequency bins of a window, along the height (complex) and the width
+    (real DFT: G = nw // 2 + 1), for (tile + kh - 1, tile + kw - 1) = (nh, nw) windows."""
+    return tile + kernel_shape[0] - 1, (tile + kernel_shape[1] - 1) // 2 + 1
 
 
 def _output_tiles(input_shape, kernel_shape, pads, tile: int) -> tuple[tuple[int, int], int, int]:
@@ -240,9 +248,10 @@ def _dft_or_lax_conv(x, kernel, pads):
 
 
 def _dft_conv_float32(x, kernel, pads, tile):
-    kh, kw, channels, _ = kernel.shape
     _, rows, cols = _output_tiles(x.shape, kernel.shape, pads, tile)
-    spectra_bytes = 3 * (tile + kh - 1) * ((tile + kw - 1) // 2 + 1) * x.shape[0] * rows * cols * channels * 4
+    # The three (nh, G, tiles, C) float32 spectra (`spectrum` in dft_conv) its gradients read.
+    tiles = x.shape[0] * rows * cols
+    spectra_bytes = 3 * math.prod(_frequency_bins(kernel.shape, tile)) * tiles * x.shape[3] * 4
     conv = _dft_conv_keeping_inputs if spectra_bytes > MAX_KEPT_SPECTRA_BYTES else dft_conv
     return conv(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, tile).astype(x.dtype)
 
@@ -261,8 +270,9 @@ def _keeping_inputs_forward(x, kernel, pads, tile):
 def _keeping_inputs_backward(pads, tile, residuals, g):
     x, kernel = residuals
     # A dependence on g, so that XLA cannot merge the recomputed spectra with the forward pass's
-    # (and keep those after all, as it does under jax.checkpoint: XLA:CPU drops optimisation
-    # barriers). A non-finite g[0, 0, 0, 0] makes every gradient NaN, as autodiff's would be.
+    # (and keep those after all, as it did under jax.checkpoint and with x behind
+    # lax.optimization_barrier: the same dot count and memory). A non-finite g[0, 0, 0, 0] makes
+    # every gradient NaN, as autodiff's would be.
     x = x + 0 * g[0, 0, 0, 0]
     return jax.vjp(functools.partial(dft_conv, pads=pads, tile=tile), x, kernel)[1](g)
 
@@ -292,7 +302,7 @@ def dft_conv(x, kernel, pads, tile: int):
     (top, _), (left, _) = pads
     (out_h, out_w), rows, cols = _output_tiles(x.shape, kernel.shape, pads, tile)
     nh, nw = tile + kh - 1, tile + kw - 1
-    bins = (nh, nw // 2 + 1)
+    bins = _frequency_bins(kernel.shape, tile)
     tiles = batch * rows * cols
     m = {name: jnp.asarray(a) for name, a in _dft_matrices(kh, kw, tile).items()}
     with jax.named_scope("dft_conv"):

@@ -12,18 +12,18 @@
 // made once per shape and direction and kept.
 //
 // Threads: XLA's own. A call is cut into parts, as many as XLA's intra-op thread pool has threads
-// or more, and each part runs through oneDNN on one thread (OpenMP team of one): the calling
-// thread takes parts until none is left, and pool threads that are free take the others (the
-// kernel gradient sums the parts' kernel gradients). A batch of at least as many images as threads
-// is cut into slices of whole images; a smaller one (one image at one scale, or a batch of 8 on a
-// 16-core machine) into bands of rows of each image, ROW_BANDS_PER_THREAD bands per thread (each
-// band a convolution of its own, reading the rows above and below it that its kernel reaches):
-// the paper model's 368x368 forward pass of one image took 1.84 s with the image on one thread,
-// 1.01-1.04 s in bands (PyTorch 0.84-0.90 s; 2-core Zen 5). oneDNN's own OpenMP threads would run beside XLA's, which execute independent
-// operations (a layer's two gradients, the trunk and stage 1) at the same time: on a 2-core AMD
-// EPYC Zen 5 that oversubscription cost more than it gained (the demo's step 69-77 ms with each
-// call on its own 2-thread OpenMP team, one call at a time, 65-71 ms with each call on one thread,
-// 50 ms with the batch split over XLA's threads; XLA's convolutions 66).
+// or more, and each part runs through oneDNN on one thread (OpenMP team of one): the calling thread
+// takes parts until none is left, and pool threads that are free take the others (the kernel
+// gradient sums the parts' kernel gradients). A batch of at least as many images as threads is cut
+// into slices of whole images; a smaller one (one image at one scale, or a batch of 8 on a 16-core
+// machine) into bands of rows of each image, ROW_BANDS_PER_THREAD bands per thread (each band a
+// convolution of its own, reading the rows above and below it that its kernel reaches): the paper
+// model's 368x368 forward pass of one image took 1.84 s with the image on one thread, 1.01-1.04 s
+// in bands (PyTorch 0.84-0.90 s; 2-core Zen 5). oneDNN's own OpenMP threads would run beside XLA's,
+// which execute independent operations (a layer's two gradients, the trunk and stage 1) at the same
+// time: on a 2-core AMD EPYC Zen 5 that oversubscription cost more than it gained (the demo's step
+// 69-77 ms with each call on its own 2-thread OpenMP team, one call at a time, 65-71 ms with each
+// call on one thread, 50 ms with the batch split over XLA's threads; XLA's convolutions 66).
 #include <omp.h>
 
 #include <algorithm>
