@@ -286,6 +286,31 @@ def test_onednn_under_vmap():
     np.testing.assert_allclose(ours.reshape(theirs.shape), theirs, rtol=1e-5, atol=1e-5)
 
 
+# oneDNN's convolutions and gradients run inline on the main thread (runtime.setup()); prints the
+# main thread's OpenMP thread count before and after.
+OPENMP_SCRIPT = """
+import ctypes, jax, jax.numpy as jnp
+from cpm_jax import runtime, convolution
+runtime.setup(tensorflow=False)
+gomp = ctypes.CDLL("libgomp.so.1")
+gomp.omp_set_num_threads(3)
+x, k = jnp.ones((2, 12, 12, 8)), jnp.ones((3, 3, 8, 8))
+assert convolution.cpu_form(x.shape, k.shape, ((1, 1), (1, 1))) == "onednn"
+loss = lambda x, k: convolution.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k))
+print(jax.config.read("jax_cpu_enable_async_dispatch"), gomp.omp_get_max_threads())
+"""
+
+
+@needs_onednn
+def test_onednn_leaves_the_calling_threads_openmp_setting_as_it_was():
+    """The kernels run oneDNN on one OpenMP thread, and restore the calling thread's count: a
+    PyTorch in the same process (the benchmark's peer) shares that setting on the main thread."""
+    done = subprocess.run([sys.executable, "-c", OPENMP_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "3"], done.stdout
+
+
 @needs_onednn
 def test_model_gradients_with_onednn_match_xlas(monkeypatch):
     """The tiny CPM's parameter gradients: every convolution on oneDNN against every one XLA's."""

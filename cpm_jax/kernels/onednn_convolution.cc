@@ -189,6 +189,21 @@ std::vector<Part> Parts(const Key& key, int64_t threads, bool by_input_rows) {
   return parts;
 }
 
+// oneDNN on one thread (OpenMP team of one) while it lives; then the thread's OpenMP thread count
+// as it was. The calling thread may be the program's main thread (JAX runs CPU computations inline
+// there, `runtime.run_cpu_computations_inline`), whose OpenMP setting is others' too: PyTorch in
+// the same process shares this libgomp, and its training step ran 1.8x slower with one thread left.
+class OneOpenMpThread {
+ public:
+  OneOpenMpThread() : before_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneOpenMpThread() { omp_set_num_threads(before_); }
+  OneOpenMpThread(const OneOpenMpThread&) = delete;
+  OneOpenMpThread& operator=(const OneOpenMpThread&) = delete;
+
+ private:
+  const int before_;
+};
+
 // Runs part(i) for i in [0, parts) on this thread and on the pool's free threads; returns when
 // all are done. The calling thread takes parts until none is left, then waits only for parts
 // other threads have started, so a busy pool never blocks it (a pool task that starts late finds
@@ -207,7 +222,7 @@ void InParallel(ffi::ThreadPool& pool, int64_t parts, const RunPart& part) {
     for (int64_t i; (i = shared->next.fetch_add(1)) < parts;) {
       std::exception_ptr error;
       try {
-        omp_set_num_threads(1);
+        OneOpenMpThread one;
         part(i);
       } catch (...) {
         error = std::current_exception();
@@ -228,7 +243,7 @@ void InParallel(ffi::ThreadPool& pool, int64_t parts, const RunPart& part) {
 template <typename Body>
 ffi::Error Guarded(const char* what, Body body) {
   try {
-    omp_set_num_threads(1);
+    OneOpenMpThread one;
     body();
     return ffi::Error::Success();
   } catch (const dnnl::error& e) {
