@@ -1,10 +1,11 @@
 """The model's convolution: `lax.conv_general_dilated` on GPUs and TPUs; on a CPU, DFTs as matrix
 products for large layers, oneDNN's kernels for the others.
 
-On a CPU, wide layers with large kernels on mid-sized maps (MIN_DFT_KERNEL or more taps a side,
-MIN_DFT_SIDE to MAX_DFT_SIDE pixels a side, MIN_DFT_CHANNELS or more input and output channels, at
-most DFT_TILE + 1 taps a side, MIN_DFT_TILES or more output tiles in the batch, stride 1, no
-negative padding: the paper model's 9x9 and 11x11 128-channel layers at 46x46 to 184x184) run as
+On a CPU, wide layers with large kernels (MIN_DFT_KERNEL or more taps a side, at most DFT_TILE + 1,
+MIN_DFT_CHANNELS or more input and output channels, maps of at most MAX_DFT_SIDE pixels a side,
+MIN_DFT_TILES or more output tiles in the batch, which the output fills to MIN_DFT_FILL or more,
+stride 1, no negative padding: the paper model's 9x9 and 11x11 128-channel layers from 32x32 to
+184x184, and its 16x16 ones in batches of 16 or more) run as
 `dft_conv`, forward and gradients (by JAX's autodiff of its matrix products): per output pixel and
 channel pair about 3.7 real multiply-adds (3 per frequency bin, 312 bins per 16x16 tile of a 9x9
 kernel) instead of the kernel's 81 or 121, at the price of memory traffic (the windows' spectra are
@@ -14,18 +15,24 @@ forward / forward with gradients, oneDNN -> DFT, one process): 64x64x128 -> 128 
 The paper-width training step at 128x128 2.90 -> 1.96 s (medians, alternating in one process), its
 inference 0.95 -> 0.71-0.78 s; the 368x368 step 23.1 -> 21.5 s, peak host memory 4.97 -> 6.46 GB
 (with the 92x92 layers left to oneDNN: 25.3 s, 6.15 GB). Left to oneDNN because even or slower
-there: 32x32 maps (9x9: 51 / 104 -> 68 / 110), 48 input channels (46x46x48 -> 128 11x11: 56 / 120 ->
-79 / 104), the 128x128 first layer (3 input channels), the 16x16 belief-map layers (11x11: 19 / 35
--> 92 / 105 in a prototype), and maps over 184 a side (the 368x368 first layers have 3 input
-channels anyway). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for gradients only) was
+there: 48 input channels (46x46x48 -> 128 11x11: 56 / 120 -> 79 / 104), the 128x128 first layer (3
+input channels), maps over 184 a side (the 368x368 first layers have 3 input channels anyway),
+tiles the output fills poorly (24x24x128 -> 128 9x9 by batch 8, 56% of 4 tiles an image: 34 / 62
+-> 36 / 62; 28x28, 77%: 44 / 81 -> 29 / 61; 40x40, 69%: 93 / 179 -> 58 / 104) and batches of
+fewer tiles (below). An earlier form (`jnp.fft.rfft2` tiles, 2026-12-02, used for gradients only) was
 slower than XLA's convolution forward (246 against 210 ms for the 64x64 layer): XLA's FFTs and the
 complex arrays' layout changes cost more than the products. DFT_TILE = 16 against 8 and 12 (ms
 forward / with gradients): the 64x64 layer 157 / 250 against 254 / 393 and 242 / 383, the 32x32 one
 67 / 104 against 79 / 107 and 83 / 126. Fewer tiles in the batch leave the kernel's spectrum (the
-same size whatever the batch) to too few images. Batch 1, 2, 4 of 46x46x128 -> 128 11x11 (9 tiles an
-image), oneDNN -> DFT: 20 / 66 -> 46 / 95, 37 / 116 -> 57 / 111, 76 / 235 -> 74 / 149; the 64x64
-layer (16 tiles an image) by batch 2 55 / 169 -> 57 / 111; the 92x92 (36) by batch 1 52 / 157 -> 65
-/ 118 (its forward pass alone a little slower).
+same size whatever the batch) to too few images. Measured again once oneDNN's kernels cut small
+batches into bands of rows and computations ran inline (`runtime.run_cpu_computations_inline`;
+2026-12-03, ms forward / forward with gradients, oneDNN -> DFT): 32x32x128 -> 128 9x9 (4 tiles an
+image) by batch 1, 2, 4, 8: 9 / 20 -> 13 / 34, 23 / 29 -> 19 / 38, 29 / 57 -> 20 / 52, 45 / 97
+-> 23 / 60; 46x46x128 -> 128 11x11 (9) by batch 1, 2, 4: 24 / 51 -> 22 / 57, 44 / 87 -> 30 / 71,
+82 / 158 -> 42 / 76; 64x64 (16) by batch 1: 35 / 67 -> 20 / 51; 16x16x128 -> 128 11x11 (1) by
+batch 8, 16, 32: 22 / 41 -> 21 / 49, 38 / 66 -> 27 / 53, 85 / 144 -> 45 / 84. Hence 16 tiles (the
+32x32 layers took oneDNN's kernels until then: 51 / 104 -> 68 / 110 in an earlier measurement,
+before the DFT's products and XLA's buffers got faster).
 
 The gradients of a DFT layer whose windows' spectra pass MAX_KEPT_SPECTRA_BYTES (at batch 8 the
 92x92 and 184x184 layers: 138 and 552 MB; the 64x64 ones: 61 MB) keep its input and kernel, not the
@@ -80,9 +87,10 @@ from cpm_jax import onednn
 MAX_ELEMENTWISE_INPUTS = 4   # input channels; see the module docstring
 MAX_ELEMENTWISE_MACS = 1024  # multiply-adds per output pixel
 MIN_DFT_KERNEL = 9           # kernel taps a side (both sides)
-MIN_DFT_SIDE, MAX_DFT_SIDE = 40, 184  # input pixels a side (both sides)
+MAX_DFT_SIDE = 184           # input pixels a side (both sides)
 MIN_DFT_CHANNELS = 64        # input and output channels
-MIN_DFT_TILES = 32           # output tiles of the batch (batch x tiles an image)
+MIN_DFT_TILES = 16           # output tiles of the batch (batch x tiles an image)
+MIN_DFT_FILL = 0.65          # the output's share of its tiles' area (24x24 in 32x32: 0.56)
 DFT_TILE = 16                # output pixels a side of an overlap-save tile
 MAX_KEPT_SPECTRA_BYTES = 100 << 20  # a DFT layer's windows' spectra kept for its gradients, else recomputed
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -141,9 +149,9 @@ def _is_narrow(rhs) -> bool:
 
 def _has_dft_form(lhs, rhs, pads) -> bool:
     kh, kw, inputs, outputs = rhs.shape
-    _, rows, cols = _output_tiles(lhs.shape, rhs.shape, pads, DFT_TILE)
+    (out_h, out_w), rows, cols = _output_tiles(lhs.shape, rhs.shape, pads, DFT_TILE)
     return (MIN_DFT_KERNEL <= min(kh, kw) and max(kh, kw) <= DFT_TILE + 1
-            and MIN_DFT_SIDE <= min(lhs.shape[1:3])
+            and out_h * out_w >= MIN_DFT_FILL * rows * cols * DFT_TILE ** 2
             and max(lhs.shape[1:3]) <= MAX_DFT_SIDE and min(inputs, outputs) >= MIN_DFT_CHANNELS
             and min(p for pair in pads for p in pair) >= 0 and lhs.shape[0] * rows * cols >= MIN_DFT_TILES)
 

@@ -151,13 +151,13 @@ def test_dft_gradients_keep_the_inputs_not_the_spectra():
 
 
 @pytest.mark.parametrize("input_shape, kernel_shape", [
-    ((4, 39, 44, 64), (9, 9, 64, 64)),   # a side under MIN_DFT_SIDE
+    ((8, 24, 24, 64), (9, 9, 64, 64)),   # 4 tiles an image, 56% filled: under MIN_DFT_FILL
     ((1, 40, 185, 64), (9, 9, 64, 64)),  # a side over MAX_DFT_SIDE
     ((4, 40, 40, 64), (9, 7, 64, 64)),   # a kernel side under MIN_DFT_KERNEL
     ((4, 40, 40, 64), (19, 19, 64, 64)), # a kernel wider than DFT_TILE + 1
     ((4, 40, 40, 48), (9, 9, 48, 64)),   # too few input channels
     ((4, 40, 40, 64), (9, 9, 64, 15)),   # too few outputs (a stage's belief maps)
-    ((3, 40, 40, 64), (9, 9, 64, 64)),   # too few tiles: 3 x 3 x 3 < MIN_DFT_TILES
+    ((1, 40, 40, 64), (9, 9, 64, 64)),   # too few tiles: 3 x 3 < MIN_DFT_TILES
 ])
 def test_other_layers_keep_xlas_gradients(input_shape, kernel_shape, without_onednn):
     x, kernel = normal(15, input_shape), normal(16, kernel_shape)
@@ -217,7 +217,7 @@ def test_model_gradients_with_dft_layers_match_xlas(monkeypatch):
         return fn(params), fn.lower(params).compile().as_text()
 
     ours, hlo = gradients()
-    monkeypatch.setattr(convolution, "MIN_DFT_SIDE", 10 ** 6)
+    monkeypatch.setattr(convolution, "MIN_DFT_TILES", 10 ** 6)
     monkeypatch.setattr(onednn, "available", lambda: False)
     theirs, xla_hlo = gradients()
     assert "dft_conv" in hlo and "dft_conv" not in xla_hlo
@@ -355,8 +355,9 @@ def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reaso
 
 
 @pytest.mark.parametrize("input_size, batch, dft", [
-    (128, 8, 2),    # the trunks' 64x64x128 -> 128 9x9 layers (16 tiles an image)
-    (128, 1, 0),    # 16 tiles < MIN_DFT_TILES
+    (128, 8, 4),    # the trunks' 64x64 and 32x32 128 -> 128 9x9 layers (16 and 4 tiles an image)
+    (128, 1, 2),    # the 64x64 ones (32x32: 4 tiles < MIN_DFT_TILES)
+    (128, 16, 14),  # and the stages' 16x16x128 -> 128 11x11 ones (1 tile an image)
     (368, 8, 14),   # the trunks' 184x184 and 92x92 layers, the stages' 46x46x128 -> 128 11x11 ones
     (368, 1, 4),    # the 184x184 and 92x92 layers only (144 and 36 tiles; the 46x46 ones have 9)
 ])
