@@ -24,11 +24,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def faults(*args: str, env: dict | None = None) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env or python_env(),
+def printed(script: str, *args: str, env: dict | None = None) -> list[str]:
+    """The lines `script` printed, run with `args` in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env or python_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()
+
+
+def faults(*args: str, env: dict | None = None) -> list[str]:
+    return printed(SCRIPT, *args, env=env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
@@ -71,10 +76,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def xla_faults(how: str, env: dict | None = None) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", XLA_SCRIPT, how], cwd=ROOT, env=env or python_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()
+    return printed(XLA_SCRIPT, how, env=env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
