@@ -32,14 +32,10 @@ def printed(script: str, *args: str, env: dict | None = None) -> list[str]:
     return done.stdout.strip().splitlines()
 
 
-def faults(*args: str, env: dict | None = None) -> list[str]:
-    return printed(SCRIPT, *args, env=env)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_freed_memory_is_reused_without_page_faults():
-    default = int(faults("plain")[-1])
-    said, kept = faults("setup")
+    default = int(printed(SCRIPT, "plain")[-1])
+    said, kept = printed(SCRIPT, "setup")
     assert "keeps freed blocks" in said, said
     # 64 MiB is 32 transparent huge pages or 16,384 small ones, faulted in again every round
     assert default >= 20 * 32
@@ -48,9 +44,9 @@ def test_freed_memory_is_reused_without_page_faults():
 
 def test_a_users_malloc_settings_are_left_alone():
     env = {**python_env(), "MALLOC_ARENA_MAX": "2"}  # not ending in "_": not a glibc tunable
-    assert "keeps freed blocks" in faults("setup", env=env)[0]
+    assert "keeps freed blocks" in printed(SCRIPT, "setup", env=env)[0]
     env = {**python_env(), "MALLOC_TRIM_THRESHOLD_": "1000000"}
-    assert faults("setup", env=env)[0] == "malloc left as configured (MALLOC_TRIM_THRESHOLD_)"
+    assert printed(SCRIPT, "setup", env=env)[0] == "malloc left as configured (MALLOC_TRIM_THRESHOLD_)"
 
 
 # Runs a jitted computation with a 196 MiB temporary buffer 10 times, after runtime's set-up of
@@ -75,14 +71,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def xla_faults(how: str, env: dict | None = None) -> list[str]:
-    return printed(XLA_SCRIPT, how, env=env)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_xla_temporary_buffers_over_64_mib_are_reused_without_page_faults():
-    plain = int(xla_faults("plain")[-1])
-    *said, inline = xla_faults("setup")
+    plain = int(printed(XLA_SCRIPT, "plain")[-1])
+    *said, inline = printed(XLA_SCRIPT, "setup")
     assert "run inline" in said[-1], said
     assert plain >= 10 * (128 << 20) // (2 << 20)  # at least 128 MiB a run, even in huge pages
     assert int(inline) < plain / 10, (inline, plain)
@@ -90,5 +82,5 @@ def test_xla_temporary_buffers_over_64_mib_are_reused_without_page_faults():
 
 def test_a_users_cpu_dispatch_setting_is_left_alone():
     env = {**python_env(), "JAX_CPU_ENABLE_ASYNC_DISPATCH": "1"}
-    said = xla_faults("setup", env=env)[:-1]
+    said = printed(XLA_SCRIPT, "setup", env=env)[:-1]
     assert said[-1] == "CPU dispatch left as configured (JAX_CPU_ENABLE_ASYNC_DISPATCH=1)", said
