@@ -219,10 +219,10 @@ void InParallel(ffi::ThreadPool& pool, int64_t parts, const RunPart& part) {
   };
   auto shared = std::make_shared<Shared>();
   auto work = [shared, parts, &part] {
+    OneOpenMpThread one;
     for (int64_t i; (i = shared->next.fetch_add(1)) < parts;) {
       std::exception_ptr error;
       try {
-        OneOpenMpThread one;
         part(i);
       } catch (...) {
         error = std::current_exception();
