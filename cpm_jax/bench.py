@@ -80,6 +80,12 @@ ACCELERATOR_PEAKS = {
 
 
 STEPS_PER_ROUND, MAX_ROUNDS = 5, 8  # `measure`'s alternation of JAX and PyTorch
+# `alternate`'s pause between runs of one runner's calls, for the worker threads' spinning to end.
+# The first call after it, which a loop of steps never meets, is not timed: on a 2-core AMD EPYC
+# Zen 4 (demo config, ms by position in runs of 8 calls, medians of 5 runs) JAX's training step
+# read 69 45 40 41 43 44 41 42 (2,138 page faults in the first call: PyTorch's run before it had
+# freed and reused the memory), PyTorch's 58 53 51 51 50 55 53 54.
+PAUSE_S = 0.5
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -90,16 +96,18 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def alternate(runners: dict[str, Callable[[], object]], steps: int, rounds: int,
-              pause: float = 0.5) -> dict[str, list[float]]:
+              pause: float = PAUSE_S) -> dict[str, list[float]]:
     """Per-call seconds of each runner: `rounds` rounds, each `steps // rounds` calls of every
     runner in turn (so that drift of the machine's speed hits all of them alike), `pause` seconds
-    apart: XLA's and PyTorch's worker threads spin for a while after their last task, and would
-    otherwise take cores from the next runner."""
+    apart (XLA's and PyTorch's worker threads spin for a while after their last task, and would
+    otherwise take cores from the next runner), each run of calls after one untimed call: the
+    steady state of a loop of steps (PAUSE_S says why)."""
     times = {name: [] for name in runners}
     per_round = max(1, steps // rounds)
     for _ in range(rounds):
         for name, run in runners.items():
             time.sleep(pause)
+            timed(run)
             times[name] += [timed(run) for _ in range(per_round)]
     return times
 
@@ -356,7 +364,7 @@ def convolution_forms(m: ml_collections.ConfigDict, batch: int) -> dict:
 
 
 def layer_times(config: ml_collections.ConfigDict, batch: int, steps: int, compare: str,
-                pause: float = 0.5) -> list[dict]:
+                pause: float = PAUSE_S) -> list[dict]:
     """Median milliseconds of each distinct convolution of the model (`architecture.model_convolutions`),
     forward and training (forward + gradients), in JAX and, with compare="torch", PyTorch,
     alternating frameworks (`alternate`, `pause` seconds between runners); one dict per
@@ -425,7 +433,7 @@ class TorchPeer:
 
 def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tuple[str, ...],
             compare: str = "", pipeline_batches: int = 20, peak_gflops: float = 0.0,
-            rounds: int = 0, pause: float = 0.5, on_progress: Callable[[str], None] = lambda line: None) -> dict:
+            rounds: int = 0, pause: float = PAUSE_S, on_progress: Callable[[str], None] = lambda line: None) -> dict:
     """Every figure of the module docstring, as one flat dict (`summarise` lists the keys).
     `rounds` of JAX and PyTorch steps alternate (0: one round per STEPS_PER_ROUND steps, 2 to
     MAX_ROUNDS): the finer they alternate, the less a drift of the machine's speed within the
