@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import threading
+import typing
 
 import flax
 import jax
@@ -44,6 +45,9 @@ from cpm_jax import checkpointing, cli, configs, distributed, errors, gradients,
 from cpm_jax import state as train_states
 from cpm_jax import model as cpm_model, optimizers
 from data_pipelines import registry
+
+if typing.TYPE_CHECKING:  # imported when the evaluation is made (`HeldOut`)
+    from cpm_jax import evaluators
 
 AXIS = "batch"  # the devices' axis of the data-parallel step (`lax.pmean` over it)
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -145,7 +146,7 @@ def lspet_layout(root, n: int, broken=()) -> pathlib.Path:
     return root
 
 
-def skipping_config(root, **data) -> "ml_collections.ConfigDict":
+def skipping_config(root, **data) -> ml_collections.ConfigDict:
     config = tiny_config()
     config.data.dataset, config.data.paths.lspet = "lspet", str(root)
     config.data.skip_bad_examples = True
