@@ -22,7 +22,11 @@ demo: $(BIN)/.installed
 	rm -rf $(WORKDIR)
 	$(BIN)/python -m cpm_jax.train --config experiments/synthetic.py --workdir $(WORKDIR)
 
+# Lint (pyproject.toml [tool.ruff]) and the layering contracts (setup.cfg [importlinter]) first:
+# either fails in seconds.
 test: $(BIN)/.installed-test
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/lint-imports --config setup.cfg
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 clean:

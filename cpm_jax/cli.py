@@ -11,8 +11,7 @@
         ...                    # raise errors.UserError subclasses for what the user can fix
 
 A user error prints `<program>: error: <message>` (a line or two naming the file, flag or config
-key, and the fix where known) and exits 1. The full traceback comes first only with absl's
-`--verbosity=1` (`-v 1`). User errors are
+key, and the fix where known) and exits 1; the traceback comes first only with `-v 1`. User errors:
   * flag errors: unknown flag, bad flag value, missing required flag;
   * config files (`--config file.py`): missing file, syntax error, an exception while running it,
     no `get_config()`, a `get_config()` that returns no ConfigDict;
@@ -22,15 +21,14 @@ key, and the fix where known) and exits 1. The full traceback comes first only w
     `app.UsageError`.
 Any other exception escaping `main` is a bug and keeps its traceback.
 
-A failed run ends: whatever the failure (a user error, a bug, Ctrl-C), if the process still runs
-EXIT_GRACE_S seconds after `main` gave up (threads left running, atexit hooks, tf.data iterators
-torn down while Python finalises), it ends there with status 1 (`_end_within`).
+A failed run (user error, bug or Ctrl-C) still alive EXIT_GRACE_S seconds after `main` gave up
+(threads, atexit hooks, tf.data iterators at finalisation) ends there with status 1 (`_end_within`).
 """
 import difflib
 import faulthandler
 import os
-import signal
 import re
+import signal
 import sys
 import traceback
 from typing import Callable, NoReturn, Sequence

@@ -5,15 +5,15 @@ Units: sizes in input pixels; learning rates per step; angles in degrees.
 import ml_collections
 
 from cpm_jax import errors
+from cpm_jax.model.architecture import AUTO_DTYPE, KERNEL_INIT_NAMES, auto_dtype, stage_parameter_groups
 
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: the compute dtype
-AUTO_DTYPE = "auto"                           # model.dtype resolved by the backend (resolve_dtype)
 NONFINITE = ("stop", "skip")                  # training.nonfinite: what a non-finite step does
 SCHEMES = ("joint", "stagewise", "joint_from_stagewise")  # training.scheme (schemes.run)
 
 
 def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368) -> ml_collections.ConfigDict:
-    """The release's network (reference section 1)."""
+    """The release's network (docs/paper_notes.md section 1)."""
     return ml_collections.ConfigDict(dict(
         num_stages=num_stages,
         num_parts=num_parts,
@@ -37,7 +37,7 @@ def paper_model(num_stages: int = 6, num_parts: int = 14, input_size: int = 368)
 
 
 def paper_data(dataset: str) -> ml_collections.ConfigDict:
-    """The release's augmentation (reference section 4) and labels (section 3)."""
+    """The release's augmentation and labels (docs/paper_notes.md sections 4 and 3)."""
     return ml_collections.ConfigDict(dict(
         dataset=dataset,             # a name in data_pipelines.registry.DATASETS
         source="files",              # "files": official layout under `paths`; "tfds": a TFDS build
@@ -69,7 +69,7 @@ def paper_data(dataset: str) -> ml_collections.ConfigDict:
 
 
 def paper_optimizer() -> ml_collections.ConfigDict:
-    """The release's solver (reference section 2)."""
+    """The release's solver (docs/paper_notes.md section 2)."""
     return ml_collections.ConfigDict(dict(
         name="caffe_sgd",            # one of optimizers.OPTIMIZERS
         learning_rate=8e-5,
@@ -119,15 +119,6 @@ def paper_config(dataset: str, num_stages: int = 6, num_parts: int = 14) -> ml_c
     ))
 
 
-ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")  # jax.default_backend() names where "auto" is bfloat16
-
-
-def auto_dtype(backend: str) -> str:
-    """What `model.dtype = "auto"` means on `backend` (`jax.default_backend()`): "bfloat16" on a
-    GPU or TPU, "float32" elsewhere (a CPU: bfloat16 convolutions are slow there)."""
-    return "bfloat16" if str(backend).lower() in ACCELERATORS else "float32"
-
-
 def resolve_dtype(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
     """`config` with `model.dtype = "auto"` replaced by `auto_dtype(backend)`; any other value is
     kept. Mutates and returns `config`. The training loop calls it before writing config.json, so
@@ -147,8 +138,6 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
     the `splits` read (default: every split of the dataset; training reads "train" and scores
     the evaluation split) must be set and exist (`registry.check_files`): a missing path fails
     at once, before any JAX or TensorFlow work."""
-    from cpm_jax.model import KERNEL_INITS, stage_parameter_groups  # here: a config file should not import Flax
-
     if not isinstance(config, ml_collections.ConfigDict):
         raise errors.ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict "
                                  "(a config file's get_config() starts from configs.paper_config(...))")
@@ -179,7 +168,7 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
         check(integer(m.get(key)), f"model.{key}", m.get(key), "must be an integer >= 1")
     check(lambda: 0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", m.get("dropout_rate"), "must be in [0, 1)")
     for key in ("kernel_init", "output_init"):
-        check(m.get(key) in KERNEL_INITS, f"model.{key}", m.get(key), f"unknown; known: {', '.join(KERNEL_INITS)}")
+        check(m.get(key) in KERNEL_INIT_NAMES, f"model.{key}", m.get(key), f"unknown; known: {', '.join(KERNEL_INIT_NAMES)}")
     check(m.get("dtype", "float32") in DTYPES + (AUTO_DTYPE,), "model.dtype", m.get("dtype"),
           f"must be one of {', '.join(DTYPES + (AUTO_DTYPE,))}")
     if known_datasets is not None:

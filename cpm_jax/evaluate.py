@@ -1,67 +1,28 @@
 """Benchmark evaluation, one subcommand per task (argv[1] selects it):
 
-    python -m cpm_jax.evaluate score --dataset lsp --annotations lsp_dataset/joints.mat \\
-        --predictions pred_lsp.mat [--threshold 0.2] [--json] [--plot pck.png]
-
-`score` scores a prediction file (any format of prediction_files.py: the authors' release files,
-MPII N x 16 x 2 arrays in .h5/.npy/.mat, this project's .npz) against official annotations:
-
-  lsp   `joints.mat` of LSP (3 x 14 x 2000): --split test (default: images 1001-2000) or train
-        (1-1000). PCK@0.2 by default; all 14 joints count.
-  flic  `examples.mat`: --split test (default: the istest examples, file order) or train
-        (istrain; the file's labels, not swapped). PCK@0.2 of elbows and wrists by default.
-  mpii  a .mat whose `annolist` follows the official structure, PCKh@0.5 by default:
-        - the full release (`RELEASE`): --split valid with --mpii_validation (Tompson et al.'s
-          detections.mat: its people, in its order) or --split train (every annotated person of
-          the training images, less the validation people when --mpii_validation is given);
-        - a one-person-per-entry file (a top-level `annolist`, one `annorect` per entry, fields as
-          the release, e.g. the 2,958-person validation split): its entries in order
-          (--split entries, the default for such a file; also forces this reading of a RELEASE).
-
-Output: a table, or with --json one JSON object as the last line: "total", "joints" and "parts"
-(percent; parts: head, shoulder, elbow, wrist, hip, knee, ankle, as the dataset has them), "curve"
-(totals over the default thresholds) and what was scored. --plot writes the PCK curve as a PNG.
-Problems (a file that cannot be read, an unknown format, a wrong shape, a count that does not match
-the annotations, NaN) print a message naming the file and exit with status 1.
-
-    python -m cpm_jax.evaluate run --workdir DIR|--pretrained NAME [--config EXPERIMENT.py] [--config.key=value] \\
-        [--split test] [--stages all|last|1,3] [--scales 0.7,0.8,...,1.3] [--flip] [--subpixel] \\
-        [--person image|annotated] [--count N] [--batch_size 4] [--out FILE] [--json]
-
-`run` restores the newest checkpoint of a training workdir and runs the release's multi-scale
-test (`evaluators.MultiScaleEvaluator`, cpm_jax/multiscale.py, reference section 5) over a split (default: the config's evaluation
-split), with a progress line on stderr (examples, images/s, ETA). The config is the workdir's
-config.json by default: the one the checkpoint was trained with, so the network matches it; keys
-can be overridden as in train.py (e.g. --config.data.paths.lsp=/data/lsp_dataset when the data
-moved, or --config.data.dataset=lsp to test an LSP-order model on LSP). --config EXPERIMENT.py
-uses an experiment file instead; its network must be the trained one (checked: every
-config.model key that changes parameter shapes). It writes one project prediction file per
-evaluated stage (prediction_files.write: `<stem>_stage<t>.npz`, or exactly --out for one stage;
-default <workdir>/predictions/<dataset>_<split>_stage<t>.npz), which `score` reads, and prints the
-metric of every stage by part group (the paper's Figure 6c), or with --json one JSON object:
-  lsp, lsp+lspet  LSP PCK@0.2, all 14 joints (the benchmark; `score` gives the same number);
-  flic            FLIC PCK@0.2 of elbows and wrists;
-  mpii            PCKh@0.5 with the head boxes the records carry;
-  lspet, synthetic  no official benchmark: LSP-style PCK@0.2 over labelled joints of examples
-                  whose torso is labelled (as training's held-out evaluation); their files carry
-                  dataset names that `score` has no annotations for.
-Where to look: --person image (centre and 0.8 x input / image height, the release's LSP rule;
-default for lsp and lsp+lspet) or annotated (the record's centre and scale: MPII's objpos and
-1.171 / scale, FLIC's torso box; default otherwise). --count N evaluates the first N examples
-(`score` then needs --allow_subset). Errors (no checkpoint, unknown split, bad stages) print a
-message naming the directory or value and exit with status 1 (a traceback with -v 1).
-
+    python -m cpm_jax.evaluate score --dataset lsp|flic|mpii --annotations FILE --predictions FILE \\
+        [--split S] [--threshold A] [--json] [--plot pck.png]
+    python -m cpm_jax.evaluate run --workdir DIR|--pretrained NAME [--config EXPERIMENT.py] \\
+        [--config.key=value] [--split S] [--stages all|last|1,3] [--scales 0.7,0.8,...,1.3] [--flip] \\
+        [--subpixel] [--person image|annotated] [--count N] [--batch_size 4] [--out FILE] [--json]
     python -m cpm_jax.evaluate mean_pose --config EXPERIMENT.py [--split S] [--count N] [--json]
 
-`mean_pose` scores the baseline a model must beat, the way training's evaluator scores a model:
-the mean of the training split's labelled joints in its canonical crops (crop pixels), placed in
-every canonical crop of the evaluation split and mapped back to the image (evaluators.MeanPoseEvaluator).
+`score` scores a prediction file (any format of prediction_files.py) against official annotations:
+LSP PCK@0.2 (--split test: images 1001-2000, or train), FLIC PCK@0.2 of elbows and wrists (test:
+the istest examples, or train), MPII PCKh@0.5 (a RELEASE file: --split valid with
+--mpii_validation, or train; a one-person-per-entry annolist: --split entries). `run` evaluates a
+workdir's newest checkpoint (or a shipped model) with the release's multi-scale test
+(cpm_jax/evaluation/multiscale.py; docs/paper_notes.md section 5), writes one project prediction
+file per stage, which `score` reads, and prints every stage's metric by part group (the paper's
+figure 6c). `mean_pose` scores the baseline a model must beat. `score_main`, `run_main` and
+`mean_pose_main` describe each one's options and output. Errors the user can fix (a file that
+cannot be read, a wrong shape or count, no checkpoint, a bad stage list) print one message naming
+the file, directory or value and exit 1 (a traceback with -v 1).
 
-Each dataset's metric, person rule and score command come from its registry record
-(data_pipelines/registry.py). Scoring and tables live in cpm_jax/scoring.py, the annotation
-loaders in data_pipelines/ground_truth.py. Adding a subcommand: a `_define_<name>_flags(argv)`
-that defines its absl flags and returns its main, and an entry in SUBCOMMANDS. Flags are defined
-only for the chosen subcommand, under __main__, so importing this module defines none.
+Metrics, person rules and score commands come from each dataset's registry record
+(data_pipelines/registry.py); scoring lives in evaluation/scoring.py, annotation loaders in
+evaluation/ground_truth.py. A subcommand is a `_define_<name>_flags(argv)` (defines its flags,
+returns its main) and an entry in SUBCOMMANDS; flags are defined only under __main__.
 """
 import json
 import os
@@ -75,13 +36,12 @@ SPLIT_HELP = "lsp, flic: test (default) or train; mpii: valid, train or entries 
 
 
 def _define_score_flags(argv) -> Callable:
-    from cpm_jax import prediction_files
-    from data_pipelines import ground_truth
+    from cpm_jax.evaluation import ground_truth, prediction_files
     flags.DEFINE_enum("dataset", None, list(ground_truth.SPLITS), "Benchmark: lsp (PCK), flic (PCK, "
                       "elbows and wrists) or mpii (PCKh).")
     flags.DEFINE_string("annotations", None, "Official annotation file: LSP joints.mat, FLIC "
                         "examples.mat, MPII release .mat or a one-person-per-entry annolist .mat.")
-    flags.DEFINE_string("predictions", None, "Prediction file (formats: cpm_jax/prediction_files.py).")
+    flags.DEFINE_string("predictions", None, "Prediction file (formats: cpm_jax/evaluation/prediction_files.py).")
     flags.DEFINE_float("threshold", None, "PCK threshold a (default 0.2 for lsp and flic, 0.5 for mpii).")
     flags.DEFINE_bool("json", False, "Print one JSON object (the last line) instead of a table.")
     flags.DEFINE_string("plot", None, "Write the PCK curve to this PNG.")
@@ -97,8 +57,28 @@ def _define_score_flags(argv) -> Callable:
 
 
 def score_main(argv) -> None:
+    """`score`: a prediction file against official annotations.
+
+      lsp   `joints.mat` of LSP (3 x 14 x 2000): --split test (default: images 1001-2000) or train
+            (1-1000). PCK@0.2 by default; all 14 joints count.
+      flic  `examples.mat`: --split test (default: the istest examples, file order) or train
+            (istrain; the file's labels, not swapped). PCK@0.2 of elbows and wrists by default.
+      mpii  a .mat whose `annolist` follows the official structure, PCKh@0.5 by default:
+            - the full release (`RELEASE`): --split valid with --mpii_validation (Tompson et al.'s
+              detections.mat: its people, in its order) or --split train (every annotated person of
+              the training images, less the validation people when --mpii_validation is given);
+            - a one-person-per-entry file (a top-level `annolist`, one `annorect` per entry, fields
+              as the release, e.g. the 2,958-person validation split): its entries in order
+              (--split entries, the default for such a file; also forces this reading of a RELEASE).
+
+    Output: a table, or with --json one JSON object as the last line: "total", "joints" and
+    "parts" (percent; parts: head, shoulder, elbow, wrist, hip, knee, ankle, as the dataset has
+    them), "curve" (totals over the default thresholds) and what was scored. --plot writes the PCK
+    curve as a PNG. A file that cannot be read, an unknown format, a wrong shape, a count that does
+    not match the annotations or NaN is a UserError naming the file."""
     from absl import app
-    from cpm_jax import scoring
+
+    from cpm_jax.evaluation import scoring
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     report, curve = scoring.score_files(FLAGS.dataset, FLAGS.annotations, FLAGS.predictions,
@@ -135,7 +115,8 @@ def model_mismatch(workdir: str | None, config, saved: dict | None = None) -> st
     """The keys of config.model that change the network and differ from the config the workdir
     (or a pretrained model: `saved`) was trained with, described; None when they agree or the
     workdir has no config."""
-    from cpm_jax import checkpointing, errors
+    from cpm_jax import errors
+    from cpm_jax.training import checkpointing
     exempt = tuple(f"model.{k}" for k in ("dtype", "dropout_rate", "kernel_init", "output_init"))
     try:
         changes = checkpointing.config_changes(workdir, config, exempt, within="model.", saved=saved)
@@ -155,7 +136,10 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
 
     import jax
 
-    from cpm_jax import checkpointing, configs, evaluators, multiscale, prediction_files, pretrained, progress
+    from cpm_jax import configs, progress
+    from cpm_jax.evaluation import evaluators, multiscale, prediction_files
+    from cpm_jax.model import pretrained
+    from cpm_jax.training import state
     from data_pipelines import registry
 
     configs.validate(config, registry.DATASETS, splits=(split or registry.eval_split(config.data),))
@@ -171,7 +155,7 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
 
     evaluator = evaluators.MultiScaleEvaluator(config, split, count, options, person, workers, on_progress)
     if pretrained_name is None:
-        variables, step = checkpointing.restore_params(workdir, config)
+        variables, step = state.restore_params(workdir, config)
         origin, files_root, checkpoint = workdir, workdir, f"{os.path.abspath(workdir)} step {step}"
     else:
         _, variables, record = pretrained.load(pretrained_name)
@@ -184,7 +168,7 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
     p = result.predictions
     names = registry.get(result.dataset).skeleton.joint_names
     info = {"checkpoint": checkpoint, "config": config_source,
-            "procedure": "multi-scale test (reference section 5)",
+            "procedure": "multi-scale test (docs/paper_notes.md section 5)",
             "scales": ",".join(f"{s:g}" for s in options.scales), "flip": str(options.flip),
             "subpixel": str(options.subpixel), "person": evaluator.person}
     files = _stage_paths(out, files_root, result.dataset, result.split, chosen)
@@ -194,7 +178,7 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
                                           p.peak[:, k], names, **info)
     procedure = {"scales": list(options.scales), "flip": options.flip, "subpixel": options.subpixel,
                  "person": evaluator.person, "batch_size": options.batch_size}
-    from cpm_jax import scoring
+    from cpm_jax.evaluation import scoring
     return scoring.run_report(result, origin, step, procedure, files)
 
 
@@ -207,9 +191,10 @@ def _define_run_flags(argv) -> Callable:
     import ml_collections
     from ml_collections import config_flags
 
-    from cpm_jax import checkpointing, errors, multiscale
-
-    from cpm_jax import pretrained
+    from cpm_jax import errors
+    from cpm_jax.evaluation import multiscale
+    from cpm_jax.model import pretrained
+    from cpm_jax.training import checkpointing
 
     early = flags.FlagValues()
     flags.DEFINE_string("config", None, "", flag_values=early)
@@ -255,13 +240,35 @@ def _define_run_flags(argv) -> Callable:
 
 
 def run_main(argv, experiment: str | None = None, saved_error: Exception | None = None) -> None:
+    """`run`: the multi-scale test (`evaluators.MultiScaleEvaluator`) of a workdir's newest
+    checkpoint (or --pretrained) over a split (default: the config's evaluation split), with a
+    progress line on stderr (examples, images/s, ETA).
+
+    The config is the workdir's config.json by default, the one the checkpoint was trained with, so
+    that the network matches; keys can be overridden as in train.py (e.g.
+    --config.data.paths.lsp=/data/lsp_dataset when the data moved, or --config.data.dataset=lsp to
+    test an LSP-order model on LSP). --config EXPERIMENT.py uses an experiment file instead; its
+    network must be the trained one (checked: every config.model key that changes parameter
+    shapes). Writes one project prediction file per evaluated stage (`_stage_paths`) and prints the
+    metric of every stage by part group, or with --json one JSON object:
+      lsp, lsp+lspet    LSP PCK@0.2, all 14 joints (the benchmark; `score` gives the same number);
+      flic              FLIC PCK@0.2 of elbows and wrists;
+      mpii              PCKh@0.5 with the head boxes the records carry;
+      lspet, synthetic  no official benchmark: LSP-style PCK@0.2 over labelled joints of examples
+                        whose torso is labelled (as training's held-out evaluation).
+    --person image (centre and 0.8 x input / image height, the release's LSP rule; default for lsp
+    and lsp+lspet) or annotated (the record's centre and scale: MPII's objpos and 1.171 / scale,
+    FLIC's torso box; default otherwise). --count N evaluates the first N examples (`score` then
+    needs --allow_subset)."""
     from absl import app
-    from cpm_jax import errors, multiscale, scoring
+
+    from cpm_jax import errors
+    from cpm_jax.evaluation import multiscale, scoring
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if saved_error is not None:
         raise saved_error
-    from cpm_jax import pretrained
+    from cpm_jax.model import pretrained
     config = FLAGS.config
     trained = pretrained.read_info(FLAGS.pretrained)["config"] if FLAGS.pretrained else None
     if experiment is not None or trained is not None:
@@ -290,9 +297,14 @@ def _define_mean_pose_flags(argv) -> Callable:
 
 
 def mean_pose_main(argv) -> None:
-    """The mean-pose baseline of `--config`: its training crops' mean pose in every canonical crop."""
+    """`mean_pose`: the baseline a model must beat, scored the way training's evaluator scores a
+    model: the mean of the training split's labelled joints in their canonical crops (crop pixels),
+    placed in every canonical crop of the evaluation split and mapped back to the image
+    (`evaluators.MeanPoseEvaluator`)."""
     from absl import app
-    from cpm_jax import configs, evaluators
+
+    from cpm_jax import configs
+    from cpm_jax.evaluation import evaluators
     from data_pipelines import registry
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -4,30 +4,21 @@
         [--center X,Y] [--scale S] [--out DIR] [--scales 0.7,0.8,...] [--flip] [--subpixel]
     python -m cpm_jax.predict --pretrained lspet_cpu photo.jpg ...    # a model shipped in pretrained/
 
-Runs the release's multi-scale test (cpm_jax/multiscale.py, reference section 5) on each image and
-prints ONE JSON object on stdout:
-
-  {"workdir", "pretrained" (one of the two is null), "checkpoint_step", "dataset" (the joint
-   order's dataset), "stage" (the stage whose joints are listed: the last), "scales", "flip",
-   "subpixel", "gallery" (the --gallery PNG or null),
-   "images": [{"image", "width", "height", "center" [x, y], "base_factor", "person" (how the
-               centre and size were chosen), "picture" (the PNG),
-               "joints": [{"name", "x", "y", "belief"}, ...]}]}
-
-x, y: 0-based pixels of the image as stored (the centre of the top-left pixel is (0, 0));
-belief: the part's belief at that pixel, averaged over the scales (about 1 for a confident
-prediction, near 0 for none). For every image a PNG `<out>/<image stem>_pose.png` shows the
-skeleton with joint names and the belief maps stage by stage.
+Runs the release's multi-scale test (cpm_jax/evaluation/multiscale.py; docs/paper_notes.md
+section 5) on each image and prints ONE JSON object on stdout (its fields: `predict_images`): per
+image the centre, the zoom, and each joint's name, x, y and belief. x, y: 0-based pixels of the
+image as stored (the centre of the top-left pixel is (0, 0)); belief: the part's belief at that
+pixel, averaged over the scales (about 1 for a confident prediction, near 0 for none). For every
+image a PNG `<out>/<image stem>_pose.png` shows the skeleton with joint names and the belief maps
+stage by stage; each image prints a progress line on stderr.
 
 Where to look (`multiscale.place_person`): without --center and --scale the person is assumed
 centred and as tall as the image, as the release's LSP test did (centre = image centre, base zoom
 0.8 x input size / image height). --center X,Y: the person's centre in pixels; --scale S: the
 person's size in pixels (the records' scale, 200 x MPII's scale unit: about the person's height),
 giving the training zoom config.data.person_height x input size / S. Both apply to every image.
-
 A photo larger than --max_image_side px (default 1024) on its longer side is first resized
-(bicubic, antialiased) to that size; the joints are mapped back to the photo's own pixels. Each
-image prints a progress line on stderr.
+(bicubic, antialiased) to that size; the joints are mapped back to the photo's own pixels.
 
 Errors (a missing or undecodable image, a centre outside the image, an image under 16 px, a
 workdir without a checkpoint or config.json) print a message naming the file or directory and
@@ -97,11 +88,21 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
                    scale: float | None = None, out: str = "predict_out", options=None,
                    max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None,
                    pretrained_name: str | None = None, gallery: str | None = None) -> dict:
-    """The report printed by the command line (see the module docstring); writes the PNGs.
-    The model: the newest checkpoint of `workdir`, or the shipped model `pretrained_name`
-    (cpm_jax/pretrained.py). `gallery`: also one PNG of every image's picture, one above the
-    other. `log(line)` receives a progress line per image (default: stderr)."""
-    from cpm_jax import checkpointing, multiscale, pretrained, visualize
+    """The report printed by the command line; writes the PNGs. The model: the newest checkpoint
+    of `workdir`, or the shipped model `pretrained_name` (cpm_jax/pretrained.py). `gallery`: also
+    one PNG of every image's picture, one above the other. `log(line)` receives a progress line
+    per image (default: stderr). The report (units: the module docstring):
+
+      {"workdir", "pretrained" (one of the two is null), "checkpoint_step", "dataset" (the joint
+       order's dataset), "stage" (the stage whose joints are listed: the last), "scales", "flip",
+       "subpixel", "gallery" (the --gallery PNG or null),
+       "images": [{"image", "width", "height", "center" [x, y], "base_factor", "person" (how the
+                   centre and size were chosen), "picture" (the PNG),
+                   "joints": [{"name", "x", "y", "belief"}, ...]}]}"""
+    from cpm_jax import visualize
+    from cpm_jax.evaluation import multiscale
+    from cpm_jax.model import pretrained
+    from cpm_jax.training import checkpointing, state
     from data_pipelines import registry
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -120,7 +121,7 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
     size = config.model.input_size
     placed = [multiscale.place_person(image.shape, config.data, size, center, scale) for image in images]
     if workdir is not None:
-        variables, step = checkpointing.restore_params(workdir, config)
+        variables, step = state.restore_params(workdir, config)
     else:                                                 # CheckpointError: missing, corrupt
         config, variables, info = pretrained.load(pretrained_name)
         step = info["source"]["step"]
@@ -165,7 +166,7 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
 
 
 def main(argv) -> None:
-    from cpm_jax import multiscale
+    from cpm_jax.evaluation import multiscale
     center = parse_center(FLAGS.center) if FLAGS.center else None
     options = multiscale.Options(scales=multiscale.parse_scales(FLAGS.scales), flip=FLAGS.flip,
                                  subpixel=FLAGS.subpixel)
@@ -180,7 +181,7 @@ if __name__ == "__main__":
     # first: the flags need multiscale, which imports TensorFlow.
     from cpm_jax import cli, runtime
     runtime.setup()
-    from cpm_jax import multiscale
+    from cpm_jax.evaluation import multiscale
     flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint and config.json.")
     flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped in pretrained/ by "
                         "name (e.g. lspet_cpu), or the path of its .npz.")

@@ -13,17 +13,15 @@ and every swept key, in that order (schemes, --stages, then --sweep in command-l
 trains with `schemes.run` in `DIR/<name>`, its name the swept values (`DIR/num_stages=3`,
 `DIR/scheme=ii,num_stages=3`; a key by its last part unless two swept keys share it). Values are
 parsed with the type of the key's value in the config; every member's config is checked
-(`configs.validate`) before anything trains. A member whose metrics.json is of its final step is
-skipped; an unfinished one resumes from its checkpoints (train.py), so a killed sweep continues
-with the same command.
+(`configs.validate`) before anything trains. A finished member (metrics.json of its final step)
+is skipped, an unfinished one resumes (train.py): a killed sweep continues with the same command.
 
-Collecting reads each member's metrics.json (train's `CropEvaluator` result: every stage); a
-member without one but with a checkpoint at its final step is evaluated from it with the same
-evaluator. Written to DIR: sweep.csv (a row per member: swept values, status, step, metric,
-every stage's score and the final stage's, fractions), sweep.md (the same in percent, with the
-command) and sweep.png (left: final-stage score against the swept value; right: every member's
-score by stage). Members with neither are listed as missing: the tables are written with what
-exists, then the run fails (exit 1) naming them.
+Collecting reads each member's metrics.json (train's `CropEvaluator` result: every stage), or
+evaluates a member's checkpoint at its final step with the same evaluator, and writes to DIR
+sweep.csv (a row per member: swept values, status, step, metric, every stage's score, fractions),
+sweep.md (the same in percent, with the command) and sweep.png (final-stage score against the
+swept value; every member's score by stage). Members with neither are listed as missing: the
+tables are written with what exists, then the run fails (exit 1) naming them.
 """
 import csv
 import dataclasses
@@ -100,7 +98,7 @@ def parse_axis(config: ml_collections.ConfigDict, spec: str) -> Axis:
 def grid(config: ml_collections.ConfigDict, sweeps: list[str], stages: str | None,
          scheme_names: str | None) -> list[Axis]:
     """The axes: schemes, then --stages, then each --sweep, in command-line order."""
-    from cpm_jax import schemes
+    from cpm_jax.training import schemes
     axes = []
     if scheme_names:
         names = tuple(n.strip() for n in scheme_names.split(","))
@@ -134,7 +132,7 @@ def _show(value) -> str:
 def members(config: ml_collections.ConfigDict, axes: list[Axis]) -> list[Member]:
     """Every point of the grid (the product of the axes, the last varying fastest), with its
     config: the scheme applied (schemes.apply), then the swept keys."""
-    from cpm_jax import schemes
+    from cpm_jax.training import schemes
     names = labels([a.key for a in axes])
     out = []
     for index, point in enumerate(itertools.product(*(a.values for a in axes))):
@@ -152,24 +150,25 @@ def evaluate_checkpoint(workdir: str, step: int) -> dict | None:
     """The training evaluator (`CropEvaluator`, every stage) on the workdir's newest checkpoint,
     with the config it was trained with, as train's metrics.json (no pictures); None when there
     is no checkpoint of step `step`."""
-    from cpm_jax import checkpointing, evaluators, train
+    from cpm_jax.evaluation import evaluators
+    from cpm_jax.training import checkpointing, heldout, state
     try:
         mngr, newest = checkpointing.open_latest(workdir)
         mngr.close()
         if newest != step:      # unfinished: nothing to restore
             return None
-        config, variables, restored = checkpointing.restore_trained(workdir)
+        config, variables, restored = state.restore_trained(workdir)
     except errors.CheckpointError:
         return None
     if restored != step:        # the final checkpoint was unreadable: an older one was restored
         return None
-    return train.make_report(step, evaluators.CropEvaluator(config).run(variables), [])
+    return heldout.make_report(step, evaluators.CropEvaluator(config).run(variables), [])
 
 
 def collect(member: Member, workdir: str) -> tuple[str, dict | None]:
     """(status, report) of one member: ("done", metrics.json), ("evaluated from checkpoint", its
     evaluation) or ("missing", None)."""
-    from cpm_jax import schemes
+    from cpm_jax.training import schemes
     step = schemes.final_step(member.config)
     report = schemes.finished_report(workdir, step)
     if report is not None:
@@ -294,7 +293,7 @@ def chosen_member(only: int | None, count: int) -> int | None:
 
 def train_member(member: Member, workdir: str, count: int) -> None:
     """Trains one member (schemes.run, resumable), or says it is finished."""
-    from cpm_jax import schemes
+    from cpm_jax.training import schemes
     what = f"sweep: member {member.index + 1}/{count} {member.name}"
     if schemes.finished_report(workdir, schemes.final_step(member.config)) is not None:
         print(f"{what}: finished, skipped", flush=True)
@@ -342,11 +341,11 @@ def main(argv) -> None:
         return
     only = None if FLAGS.collect else chosen_member(FLAGS.only, len(sweep))
     if not FLAGS.collect:
-        from cpm_jax import train
+        from cpm_jax.training import preemption
         try:
             for member in sweep if only is None else [sweep[only]]:
                 train_member(member, os.path.join(FLAGS.workdir, member.name), len(sweep))
-        except train.Preempted as stop:     # asked to stop, checkpoint saved: resume with the same command
+        except preemption.Preempted as stop:     # asked to stop, checkpoint saved: resume with the same command
             print(stop)
             return
         if only is not None:
@@ -367,7 +366,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Sweep directory: one sub-workdir per member, and the tables.")
     flags.DEFINE_string("stages", None, "Numbers of stages to sweep, e.g. 1,2,3,4,5,6 (--sweep model.num_stages=...).")
     flags.DEFINE_multi_string("sweep", None, "KEY=V1,V2,...: a config key and its values (repeatable: a grid).")
-    flags.DEFINE_string("schemes", None, "Training schemes side by side, e.g. i,ii,iii,iv (cpm_jax/schemes.py).")
+    flags.DEFINE_string("schemes", None, "Training schemes side by side, e.g. i,ii,iii,iv (cpm_jax/training/schemes.py).")
     flags.DEFINE_integer("only", None, "Train member K only (0-based); default $SLURM_ARRAY_TASK_ID, else all.")
     flags.DEFINE_bool("collect", False, "Train nothing: collect finished members and write the tables.")
     flags.DEFINE_bool("print_commands", False, "Print one `--only K` command per member and exit.")

@@ -1,4 +1,4 @@
-"""Crop geometry of training and evaluation (reference section 4), in TensorFlow.
+"""Crop geometry of training and evaluation (docs/paper_notes.md section 4), in TensorFlow.
 
 An example is a record (sources.py): image uint8 (H, W, 3); joints float32 (P, 2), (x, y)
 pixels, 0-based, integer values at pixel centres; visibility int32 (P,) (COCO: 0 not labelled);
@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from cpm_jax import runtime
+from cpm_jax import tf_loader
 
-tf = runtime.import_tensorflow()
+tf = tf_loader.import_tensorflow()
 GREY = 128
 
 

@@ -9,12 +9,12 @@ import os
 
 from absl import flags
 
-from cpm_jax import cli, errors, runtime
+from cpm_jax import cli, errors, tf_loader
 from data_pipelines import tfds_builders
 
 
 def main(argv) -> None:
-    runtime.setup()
+    tf_loader.hide_gpus_on_import()  # the only set-up a TensorFlow-only job needs (no JAX here)
     if len(argv) > 1:
         raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS

@@ -1,4 +1,4 @@
-"""FLIC reader (reference sections 5 and 7) following the release's genJSON.m ('FLIC').
+"""FLIC reader (docs/paper_notes.md sections 5 and 7) following the release's genJSON.m ('FLIC').
 
 `root` holds `examples.mat` and `images/`. Its variable `examples` (1 x 5003 structs) has
   coords     2 x 29, 1-based pixels, NaN where not annotated (annotated columns: 1 l shoulder,

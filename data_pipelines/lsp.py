@@ -1,4 +1,4 @@
-"""LSP and LSP Extended readers (reference section 7) with the release's centre and scale.
+"""LSP and LSP Extended readers (docs/paper_notes.md section 7) with the release's centre and scale.
 
 Both ship `joints.mat` with one variable `joints`, of different layouts (`read_joints` tells them
 apart by shape; a reader asked for one layout rejects the other, naming the file):

@@ -1,4 +1,4 @@
-"""MPII Human Pose reader (reference sections 3 and 7) following the release's genJSON.m ('MPI').
+"""MPII Human Pose reader (docs/paper_notes.md sections 3 and 7) following the release's genJSON.m ('MPI').
 
 `root` holds `mpii_human_pose_v1_u12_1.mat` (or the official zip's folder
 `mpii_human_pose_v1_u12_2/` with that file in it) and `images/`. The file's struct `RELEASE` has
@@ -12,23 +12,17 @@ Loaded with `squeeze_me=True`, every "array of structs" can also be a single str
 As genJSON.m: every person of a training image with `annopoints.point` is one sample (joints from
 the points, centre objpos, scale annorect.scale); the other people of the same image that have
 points are its `others`. People without points (annopoints missing or empty, or an empty point
-list) are neither. `is_visible` 0 or '0' is occluded
-(visibility 1); anything else, empty or missing is visible (2). Joints a person does not list are
-not labelled (visibility 0, coordinates 0; the release's zero rows are not reproduced as peaks).
-MATLAB's 1-based pixels become 0-based; the scale becomes pixels (200 x annorect.scale).
+list) are neither. `is_visible` 0 or '0' is occluded (visibility 1); anything else, empty or
+missing is visible (2). Joints a person does not list are not labelled (visibility 0, coordinates
+0; the release's zero rows are not reproduced as peaks). MATLAB's 1-based pixels become 0-based;
+the scale becomes pixels (200 x annorect.scale). Every sample carries its head box (annorect
+x1 y1 x2 y2 less 1, the PCKh normaliser; NaN where the rect has none) in `Annotations.head_boxes`.
 
-Every sample carries its head box (annorect x1 y1 x2 y2 less 1, the PCKh normaliser; NaN where
-the rect has none) in `Annotations.head_boxes`.
-
-Splits: `train` is every such person; `valid` the validation people of Tompson et al. (2,958),
-read from their `detections.mat` (`RELEASE_img_index`, `RELEASE_person_index`: 1-based annolist
-and annorect indices). With that file, `train` leaves them out. A relative validation file is
-looked for as given, then under the dataset root (`validation_path`). Messages name people in
-MATLAB's 1-based notation, `annolist(i).annorect(p)`.
-
-`read_entries` reads a one-person-per-entry file (a top-level `annolist` of single people, as
-the validation-split annotations are distributed) for scoring. Problems with the files are
-`DataError`s naming the file and the element.
+Splits (`read`): `train` is every such person; `valid` the 2,958 validation people of Tompson et
+al., read from their `detections.mat` (`read_validation`), which `train` then leaves out.
+`read_entries` reads a one-person-per-entry file for scoring. Problems with the files are
+`DataError`s naming the file and the element; people are named in MATLAB's 1-based notation,
+`annolist(i).annorect(p)`.
 """
 import dataclasses
 import os
@@ -237,7 +231,8 @@ def validation_path(root: str, validation_file: str) -> str:
 
 
 def read_validation(path: str) -> list[tuple[int, int]]:
-    """Tompson et al.'s validation people as 0-based (annolist, annorect) pairs, in file order."""
+    """Tompson et al.'s validation people as 0-based (annolist, annorect) pairs, in file order,
+    from `detections.mat`'s `RELEASE_img_index` and `RELEASE_person_index` (1-based indices)."""
     mat = matfile.load(path)
     pairs = []
     for name in ("RELEASE_img_index", "RELEASE_person_index"):

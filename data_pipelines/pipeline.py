@@ -11,20 +11,18 @@ Batches are dicts of numpy arrays shaped (num_devices, per_device_batch, ...):
 Evaluation batches also carry the original record's joints (`image_joints`), the crop -> image
 map, `index` and a `valid` mask for the padding of the last batch.
 
-Order. Training streams stream positions 0, 1, 2, ... of this process; step k always gets the
-same examples and augmentation, so a resumed run sees what an uninterrupted one would. A finite
-split is read epoch after epoch, each epoch a fresh permutation drawn statelessly from
-(seed, epoch); process i of n takes every n-th slot of it, so processes read disjoint examples
-and an epoch is size // n examples per process. Augmentation is seeded by (seed, epoch x size +
-index): new every epoch. Evaluation reads a split in order. With `data.skip_bad_examples` the
-skipped examples leave gaps, so a resumed run is exact only up to the first skipped example.
+Order. Training streams positions 0, 1, 2, ... of this process; step k always gets the same
+examples and augmentation, so a resumed run sees what an uninterrupted one would. A finite split
+is read epoch after epoch, each a fresh permutation drawn statelessly from (seed, epoch); process
+i of n takes every n-th slot, so processes read disjoint examples (size // n per epoch each).
+Augmentation is seeded by (seed, epoch x size + index): new every epoch. Evaluation reads in
+order. Skipped bad examples leave gaps: a resumed run is then exact up to the first of them.
 
-Failures. A source's UserError (a bad example without skipping) reaches the consumer as itself
-(`NumpyBatches`, `numpy_iterator`), and the tf.data iterator is dropped before it goes up: a live
-one hangs the interpreter's exit. With skipping, skips are counted per epoch of stream positions
-(one report per epoch, `sources.BadExampleLog`) and the stream stops with a DataError naming the
-split and folder when an epoch has no usable example or more than `data.max_skipped_fraction`
-of it is bad (`watch_skips`).
+Failures. A source's UserError (a bad example, not skipped) reaches the consumer as itself
+(`NumpyBatches`, `numpy_iterator`), the tf.data iterator dropped first (a live one hangs the
+interpreter's exit). Skips are counted and reported per epoch of stream positions
+(`sources.BadExampleLog`); the stream stops with a DataError naming the split and folder when an
+epoch has no usable example or more than `data.max_skipped_fraction` of it is bad (`watch_skips`).
 """
 import collections
 import itertools
@@ -37,11 +35,12 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from cpm_jax import architecture, runtime
+from cpm_jax import tf_loader
 from cpm_jax.errors import UserError
+from cpm_jax.model import architecture
 from data_pipelines import augment, registry, targets
 
-tf = runtime.import_tensorflow()
+tf = tf_loader.import_tensorflow()
 
 _FIELDS = {  # record field -> (dtype, shape given P parts)
     "image": (tf.uint8, lambda p: [None, None, 3]),
@@ -109,8 +108,8 @@ class NumpyBatches:
 def _options() -> tf.data.Options:
     """Deterministic, on a private pool of one thread per core, without autotuning: tf.data's
     autotune thread sleeps between optimisations (its period doubles up to 60 s) and dropping the
-    iterator waits for it to wake (TensorFlow 2.21: 0-60 s, 54 s seen after a 1000-step run,
-    the CPU idle). Without it, AUTOTUNE map parallelism is the pool's size."""
+    iterator waits for it to wake (TensorFlow 2.21: up to 60 s, with the CPU idle). Without it,
+    AUTOTUNE map parallelism is the pool's size."""
     options = tf.data.Options()
     options.deterministic = True
     options.threading.private_threadpool_size = max(2, os.cpu_count() or 2)

@@ -1,38 +1,28 @@
 """Procedural, deterministic dataset of articulated 14-joint stick figures.
 
-Each example is a ``image_size`` x ``image_size`` RGB image of one front-facing
-human-like figure (filled torso quad, thick round-capped limbs, elliptical
-head) drawn over a cluttered background, with its 14 joints in LSP order.
+Each example is an ``image_size`` x ``image_size`` RGB image of one front-facing human-like
+figure (filled torso quad, thick round-capped limbs, elliptical head) over a cluttered background,
+with its 14 joints, built so that *local evidence alone is ambiguous*:
 
-The data are built so that *local evidence alone is ambiguous*:
+* left and right limbs are drawn identically (same colour and thickness), and arms may cross the
+  torso, so a wrist or elbow patch does not say which side it belongs to;
+* every limb joint (shoulders, elbows, wrists, hips, knees, ankles) carries the same contrasting
+  knob, so a joint is easy to *find* but its identity is not written on it;
+* the background holds limb-like *decoys* (two connected thick segments, often in the figure's
+  own colour and then with the same knobs) attached to no body, plus rectangles, ellipses and
+  stripes in muted background tones over a smooth colour field.
 
-* left and right limbs are drawn identically (same colour and thickness), and
-  arms may cross the torso, so a wrist or elbow patch does not say which side
-  it belongs to;
-* every limb joint (shoulders, elbows, wrists, hips, knees, ankles) carries
-  the same contrasting knob, so a joint is easy to *find* but its identity is
-  not written on it;
-* the background holds limb-like *decoys* (two connected thick segments, often
-  in the figure's own colour and then with the same knobs) that are not
-  attached to any body, plus rectangles, ellipses and stripes in muted
-  background tones over a smooth colour field.
+A stage-1 CPM, which only sees image patches, therefore confuses sides and fires on decoys; later
+stages, which also see the other joints' belief maps (spatial context: a wrist hangs off an elbow,
+which hangs off a shoulder next to the neck and head), can resolve both. The figures are large,
+thick and contrasting, so a tiny convnet learns the task in minutes on a CPU.
 
-A stage-1 CPM, which only sees image patches, therefore confuses sides and
-fires on decoys; later stages, which also see the belief maps of the other
-joints (spatial context: "a wrist hangs off an elbow, which hangs off a
-shoulder next to the neck and head"), can resolve both.  The figures are
-large, thick and coloured to contrast with the background, so a tiny convnet
-learns the task in minutes on a CPU.
-
-Conventions: pixel coordinates are ``(x, y)``, 0-based, with integer values
-at pixel centres.  The person faces the camera: in the figure's upright frame
-its RIGHT limbs are on the IMAGE LEFT of the torso.  The person centre is the
-midpoint of the joints' bounding box; the person scale is the figure height
-``H`` (head top to ankles when standing straight), in pixels.
-
-Joint order (0-based): 0 r ankle, 1 r knee, 2 r hip, 3 l hip, 4 l knee,
-5 l ankle, 6 r wrist, 7 r elbow, 8 r shoulder, 9 l shoulder, 10 l elbow,
-11 l wrist, 12 neck, 13 head top.
+Conventions: pixel coordinates are ``(x, y)``, 0-based, integers at pixel centres. The person
+faces the camera: in the figure's upright frame its RIGHT limbs are on the IMAGE LEFT of the
+torso. The person centre is the midpoint of the joints' bounding box; the person scale is the
+figure height ``H`` (head top to ankles when standing straight), in pixels. Joint order (LSP's,
+0-based): 0 r ankle, 1 r knee, 2 r hip, 3 l hip, 4 l knee, 5 l ankle, 6 r wrist, 7 r elbow,
+8 r shoulder, 9 l shoulder, 10 l elbow, 11 l wrist, 12 neck, 13 head top.
 """
 
 from __future__ import annotations

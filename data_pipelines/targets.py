@@ -1,14 +1,14 @@
-"""Belief-map targets and the center map (reference sections 1 and 3), in TensorFlow.
+"""Belief-map targets and the center map (docs/paper_notes.md sections 1 and 3), in TensorFlow.
 
 Coordinates are (x, y) input pixels, 0-based, integer values at pixel centres. Heatmap cell g
 (along x or y) covers input pixels 8g .. 8g+7 and is centred at input pixel 3.5 + 8g.
 """
 import numpy as np
 
-from cpm_jax import runtime
-from cpm_jax.architecture import STRIDE
+from cpm_jax import tf_loader
+from cpm_jax.model.architecture import STRIDE
 
-tf = runtime.import_tensorflow()
+tf = tf_loader.import_tensorflow()
 TARGET_SIGMA_PX = 7.0
 TARGET_CUTOFF = 0.01
 CENTER_SIGMA_PX = 21.0

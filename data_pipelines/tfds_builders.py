@@ -1,57 +1,28 @@
 """TFDS builders for LSP, LSPET, MPII and FLIC, built offline from a manual directory, and
 random access to the builds (`source`).
 
-Users download the datasets by hand (each builder's `MANUAL_DOWNLOAD_INSTRUCTIONS` says from
-where and what layout `manual_dir` must have); a build packs one dataset into a few
-`array_record` shard files (TFDS's random-access format, the one `tfds.data_source` reads) so a
-pod reads a few large files instead of thousands of JPEGs.
+Users download the datasets by hand (each builder's `MANUAL_DOWNLOAD_INSTRUCTIONS` says from where
+and what layout `manual_dir` must have); a build packs one dataset into a few `array_record`
+shards (TFDS's random-access format, which `tfds.data_source` reads), so that a pod reads a few
+large files instead of thousands of JPEGs. Datasets (short name -> TFDS builder name, also the
+folder under `data_dir`; prefixed because TFDS ships an unrelated `flic` builder):
+  lsp    -> cpm_lsp    train (samples 1-1000), test (1001-2000)                 `lsp.read`
+  lspet  -> cpm_lspet  train (all 10000)                                        `lsp.read`
+  mpii   -> cpm_mpii   train; valid too when `<manual_dir>/detections.mat` (Tompson et al.'s
+                       validation list) exists, and train then excludes it     `mpii.read`
+  flic   -> cpm_flic   train, test                                              `flic.read`
 
-Datasets (the short name used here -> the TFDS builder name, which is also the folder under
-`data_dir`; prefixed because TFDS ships an unrelated `flic` builder of its own):
-  lsp    -> cpm_lsp    splits train (samples 1-1000), test (1001-2000)     `lsp.read`
-  lspet  -> cpm_lspet  split train (all 10000)                             `lsp.read`
-  mpii   -> cpm_mpii   split train; plus valid when `<manual_dir>/detections.mat` (Tompson et
-                       al.'s validation list) exists, in which case train excludes it
-                                                                           `mpii.read`
-  flic   -> cpm_flic   splits train, test                                  `flic.read`
+Record i of a split is row i of the reader's table (keys are the indices; shuffling disabled):
+`image` (the ORIGINAL file's bytes, not re-encoded, so decoding is bit-identical to decoding the
+file), `image_path` (relative to manual_dir), `index`, and `records.Annotations.row`'s joints
+(P, 2), visibility (P,), center (2,), scale, others_joints (K, P, 2), others_visibility (K, P),
+head_box (4,) (x1 y1 x2 y2; NaN where none: all but MPII). P: 14 (LSP order), 9 for FLIC. Only
+builds of the current `VERSION` are read; an older one is refused, naming the rebuild command.
 
-An example is sample `index` of its split, in the reader's order (keys are the indices and
-shuffling is disabled, so record i of a build is row i of the reader's table):
-  image          the ORIGINAL image file bytes, unchanged (not re-encoded: decoding them is
-                 bit-identical to decoding the raw file, with the same decoder for grayscale,
-                 CMYK or PNG files), a scalar string tensor
-  image_path     the image file relative to manual_dir (text)
-  index          int64, the position in the split
-  joints (P, 2) float32, visibility (P,) int32, center (2,) float32, scale float32,
-  others_joints (K, P, 2) float32, others_visibility (K, P) int32,
-  head_box (4,) float32 (x1 y1 x2 y2, NaN where none: all but MPII)  (`records.Annotations.row`)
-P is 14 (LSP order) for LSP, LSPET and MPII, 9 for FLIC.
-
-Versions (`VERSION`, `RELEASE_NOTES`): 1.1.0 added head_box. This code reads only builds of the
-current version; an older build is refused with a message naming its folder and the command that
-rebuilds it (the new version is built next to it; delete the old folder afterwards).
-
-Building (offline: nothing is downloaded, GCS is never consulted):
-  Python:  tfds_builders.build("lspet", manual_dir="/data/lspet", data_dir="/data/tfds")
-  CLI:     python -m data_pipelines.build_tfds --dataset lspet --manual_dir /data/lspet \
-               --data_dir /data/tfds
-  TFDS's own CLI, from the repository root: the module holds four builders, so name the
-  builder and register it with `--imports` (`tfds build data_pipelines/tfds_builders.py` fails:
-  TFDS wants exactly one builder per script), and ask for array_record (TFDS's default,
-  tfrecord, has no random access):
-           PYTHONPATH=. tfds build cpm_lspet --imports data_pipelines.tfds_builders \
-               --manual_dir /data/lspet --data_dir /data/tfds --file_format array_record
-  (or `python -m tensorflow_datasets.scripts.cli.main build cpm_lspet ...`, same flags, no
-  PYTHONPATH). Caveat: tensorflow-datasets 4.9.10's CLI imports `apache_beam` and
-  `mlcroissant` when it starts, packages it does not install; without them `tfds` fails before
-  reading its arguments, so `pip install apache-beam mlcroissant` first, or use the two ways
-  above, which need neither.
-  Each build is `<data_dir>/cpm_<name>/<VERSION>/cpm_<name>-<split>.array_record-NNNNN-of-MMMMM`
-  plus dataset_info.json and features.json; TFDS picks the shard count (shards of at most
-  1 GiB) unless `num_shards` / `--num_shards` is given.
-
-Reading: `source("lspet", "train", "/data/tfds")` -> `sources.Source`, whose `load(i)` decodes
-and checks record i exactly as `sources.from_annotations` does for the raw files.
+Building (offline; GCS is never consulted): `build` (its docstring also covers TFDS's own CLI) or
+`python -m data_pipelines.build_tfds --dataset lspet --manual_dir DIR --data_dir DIR`. Reading:
+`source("lspet", "train", data_dir)` -> `sources.Source`, whose `load(i)` decodes and checks
+record i as `sources.from_annotations` does for the raw files.
 """
 import abc
 import os
@@ -62,11 +33,12 @@ from typing import Optional
 import numpy as np
 from etils import epath
 
-from cpm_jax import runtime
+from cpm_jax import tf_loader
 from cpm_jax.errors import BadExampleError, DataError
 
-runtime.import_tensorflow()  # before tensorflow_datasets imports it: quietly, GPUs hidden
+tf_loader.import_tensorflow()  # before tensorflow_datasets imports it: quietly, GPUs hidden
 import tensorflow_datasets as tfds
+
 from data_pipelines import records, skeleton, sources
 
 VERSION = "1.1.0"
@@ -270,9 +242,26 @@ def build(name: str, manual_dir: str, data_dir: str, overwrite: bool = False,
     """Builds dataset `name` from the files in `manual_dir` into `data_dir` (array_record
     shards, offline) and returns {split: number of examples}.
 
-    An existing build of the same version is kept unless `overwrite`. `num_shards` per split;
-    by default TFDS picks it from the size (shards of at most 1 GiB). A missing or unreadable
-    image raises BadExampleError naming the file and its index."""
+    An existing build of the same version is kept unless `overwrite`; a build of another version
+    stays next to the new one (delete its folder afterwards). `num_shards` per split; by default
+    TFDS picks it from the size (shards of at most 1 GiB). Each build is
+    `<data_dir>/cpm_<name>/<VERSION>/cpm_<name>-<split>.array_record-NNNNN-of-MMMMM` plus
+    dataset_info.json and features.json. A missing or unreadable image raises BadExampleError
+    naming the file and its index.
+
+    The same from the command line: `python -m data_pipelines.build_tfds --dataset lspet
+    --manual_dir /data/lspet --data_dir /data/tfds`. TFDS's own CLI, from the repository root,
+    needs the builder named and registered with `--imports` (`tfds build
+    data_pipelines/tfds_builders.py` fails: TFDS wants one builder per script) and array_record
+    asked for (its default, tfrecord, has no random access):
+
+        PYTHONPATH=. tfds build cpm_lspet --imports data_pipelines.tfds_builders \\
+            --manual_dir /data/lspet --data_dir /data/tfds --file_format array_record
+
+    (or `python -m tensorflow_datasets.scripts.cli.main build cpm_lspet ...`, same flags, no
+    PYTHONPATH). tensorflow-datasets 4.9.10's CLI imports `apache_beam` and `mlcroissant` at start,
+    which it does not install: `pip install apache-beam mlcroissant` first, or use the two ways
+    above, which need neither."""
     cls, data_dir = builder_class(name), os.fspath(data_dir)
     existing = cls(data_dir=data_dir)
     if existing.is_prepared():

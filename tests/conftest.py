@@ -98,12 +98,12 @@ def tiny_config(num_stages: int = 2, input_size: int = 32, dropout_rate: float =
 def trained_tiny_workdir(path) -> str:
     """`path` after 2 training steps of the tiny 2-stage CPM (a checkpoint and config.json;
     accuracy is irrelevant)."""
-    from cpm_jax import train
+    from cpm_jax.training import trainer
     config = tiny_config()
     config.training.num_steps = 2
     config.data.num_heldout = 2
     config.training.num_visualized = 1
-    train.train_and_evaluate(config, str(path))
+    trainer.train_and_evaluate(config, str(path))
     return path
 
 

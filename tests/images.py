@@ -1,4 +1,4 @@
-"""Small image files and LSP / LSP Extended layouts written by tests (reference section 7).
+"""Small image files and LSP / LSP Extended layouts written by tests (docs/paper_notes.md section 7).
 
 Coordinates given to the writers are the files' own 1-based MATLAB pixels.
 """

@@ -1,6 +1,6 @@
 """Training augmentation through the real pipeline (`pipeline.train_examples`): a flip swaps left
 and right labels as well as pixels, and the random rotation, scale and flip are drawn from the
-release's ranges (reference section 4: U[-40, 40] degrees, x U[0.7, 1.3], flip p = 0.5).
+release's ranges (docs/paper_notes.md section 4: U[-40, 40] degrees, x U[0.7, 1.3], flip p = 0.5).
 
 Each test feeds one hand-made record (a 64 x 64 image) through `train_examples` by standing in
 for `registry.open_split`, so the numbers below can be worked out by hand:

@@ -11,8 +11,11 @@ import time
 import jax
 import pytest
 
-import cpm_jax
-from cpm_jax import architecture, bench, configs, onednn, state as train_states, summary
+from cpm_jax import benchmarks, configs, summary
+from cpm_jax.benchmarks import hardware, measure, report, timing
+from cpm_jax.cpu import onednn
+from cpm_jax.model import architecture
+from cpm_jax.training import state as train_states
 from tests.conftest import ROOT, python_env, tiny_config
 
 TORCH = importlib.util.find_spec("torch") is not None
@@ -48,12 +51,12 @@ def test_cli_prints_table_and_json_with_the_torch_peer():
 
 def test_without_torch_the_comparison_is_skipped_with_the_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    monkeypatch.delitem(sys.modules, "cpm_jax.torch_peer", raising=False)
-    monkeypatch.delattr(cpm_jax, "torch_peer", raising=False)  # imported earlier in this process
-    out = bench.measure(tiny_config(), batch=4, steps=1, parts=("train",), compare="torch")
+    monkeypatch.delitem(sys.modules, "cpm_jax.benchmarks.torch_peer", raising=False)
+    monkeypatch.delattr(benchmarks, "torch_peer", raising=False)  # imported earlier in this process
+    out = measure.measure(tiny_config(), batch=4, steps=1, parts=("train",), compare="torch")
     assert "pip install -e '.[bench]'" in out["torch_skipped"]
     assert "train_ratio" not in out and out["train_images_per_s"] > 0
-    assert "PyTorch comparison skipped: PyTorch is not installed" in bench.summarise(out)
+    assert "PyTorch comparison skipped: PyTorch is not installed" in report.summarise(out)
 
 
 def test_parts_are_checked_before_anything_runs():
@@ -79,38 +82,53 @@ def test_the_layer_list_names_every_convolution_kernel_of_the_model(which):
 @pytest.mark.skipif(not TORCH, reason="PyTorch is not installed: pip install -e '.[bench]' (CI installs it)")
 def test_layers_part_times_each_convolution_in_both_frameworks_and_sums_them_over_the_model():
     config = tiny_config(num_stages=3)
-    out = bench.measure(config, batch=2, steps=1, parts=("train", "layers"), compare="torch", pause=0)
+    out = measure.measure(config, batch=2, steps=1, parts=("train", "layers"), compare="torch", pause=0)
     counts = architecture.model_convolutions(config.model)
     assert [(r["size"], r["in_channels"], r["kernel"], r["features"], r["count"]) for r in out["layers"]] == [
         (c.size, c.in_channels, c.kernel, c.features, n) for c, n in counts.items()]
     for kind in ("jax_forward", "jax_train", "torch_forward", "torch_train"):
         assert all(r[f"{kind}_ms"] > 0 for r in out["layers"]), kind
         assert out[f"layers_{kind}_ms"] == pytest.approx(sum(r["count"] * r[f"{kind}_ms"] for r in out["layers"]))
-    table = bench.summarise(out)
+    table = report.summarise(out)
     assert "all convolutions of the model" in table and "the whole JAX training step:" in table
     assert f"{config.model.input_size}x{config.model.input_size}x3 -> " in table and "(image)" in table
 
 
 def test_cpu_peak_reckoning():
     zen3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\ncpu MHz\t\t: 2450.000\nflags\t\t: fpu avx avx2 fma\n"
-    peak, note = bench.cpu_peak(zen3, cores=2)
+    peak, note = hardware.cpu_peak(zen3, cores=2)
     assert peak == pytest.approx(2 * 2.45 * 32) and "32 FLOP/cycle" in note
     zen4 = zen3.replace("fma", "fma avx512f")
-    assert bench.cpu_peak(zen4, cores=2)[0] == pytest.approx(2 * 2.45 * 32)  # 512-bit FMAs as two halves
+    assert hardware.cpu_peak(zen4, cores=2)[0] == pytest.approx(2 * 2.45 * 32)  # 512-bit FMAs as two halves
     intel = zen4.replace("AuthenticAMD", "GenuineIntel").replace("25", "6")
-    assert bench.cpu_peak(intel, cores=4)[0] == pytest.approx(4 * 2.45 * 64)
-    assert bench.cpu_peak("flags: avx2 fma\n", cores=2)[0] == 0.0  # no clock: unknown, not guessed
+    assert hardware.cpu_peak(intel, cores=4)[0] == pytest.approx(4 * 2.45 * 64)
+    assert hardware.cpu_peak("flags: avx2 fma\n", cores=2)[0] == 0.0  # no clock: unknown, not guessed
 
 
 def test_spread_and_alternation():
-    assert bench.spread([0.5, 1.0, 2.0], images=8) == {
+    assert timing.spread([0.5, 1.0, 2.0], images=8) == {
         "median_s": 1.0, "images_per_s": 8.0, "min_images_per_s": 4.0, "max_images_per_s": 16.0}
     order = []
-    times = bench.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, steps=4, rounds=2,
+    times = timing.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, steps=4, rounds=2,
                             pause=0)
     assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # each run: one untimed call, 2 timed
     assert [len(t) for t in times.values()] == [4, 4]
     calls = []  # the untimed first call of a run is left out of the times
-    times = bench.alternate({"slow_first": lambda: (calls.append(1), time.sleep(0.05 if len(calls) % 3 == 1 else 0))},
+    times = timing.alternate({"slow_first": lambda: (calls.append(1), time.sleep(0.05 if len(calls) % 3 == 1 else 0))},
                             steps=4, rounds=2, pause=0)
     assert len(calls) == 6 and max(times["slow_first"]) < 0.04
+
+
+def test_help_lists_the_flags_of_the_entry_modules():
+    for module, wanted in (("cpm_jax.bench", ("--config", "--batch", "--steps", "--parts", "--compare",
+                                              "--pipeline_batches", "--peak_gflops", "--[no]json")),
+                           ("cpm_jax.benchmarks.accelerator", ("--out", "--config", "--pipeline_config", "--dtypes",
+                                                               "--max_batch", "--cores", "--train_steps",
+                                                               "--time_limit_s"))):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=python_env(),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode in (0, 1), result.stderr[-3000:]  # absl's --help exits 1
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert "flags:" in result.stdout, module
+        for flag in wanted:
+            assert f"  {flag}:" in result.stdout, (module, flag)

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax import losses, model as cpm_model, state as train_states
+from cpm_jax.model import cpm as cpm_model
+from cpm_jax.model import losses
+from cpm_jax.training import state as train_states
 from tests.conftest import tiny_config
 
 

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, errors, state as train_states
+from cpm_jax import errors
+from cpm_jax.training import checkpointing
+from cpm_jax.training import state as train_states
 from tests.conftest import tiny_config
 
 
@@ -83,7 +85,7 @@ def test_an_unreadable_newest_checkpoint_is_named_skipped_and_set_aside(tmp_path
     assert mngr.all_steps() == [1, 2]
     checkpointing.save(mngr, 3, state_at(tiny_config(), 3))      # the resumed run saves step 3 again
     mngr.wait_until_finished()
-    params, at = checkpointing.restore_params(str(workdir), tiny_config())
+    params, at = train_states.restore_params(str(workdir), tiny_config())
     assert at == 3
 
 
@@ -99,7 +101,7 @@ def test_no_readable_checkpoint_is_an_error_naming_each_and_nothing_moves(tmp_pa
                                               train_states.abstract(tiny_config()))
     assert sorted(os.listdir(workdir / "checkpoints")) == before
     with pytest.raises(errors.CheckpointError, match="checkpoints/2"):   # inference says the same
-        checkpointing.restore_params(str(workdir), tiny_config())
+        train_states.restore_params(str(workdir), tiny_config())
 
 
 def test_the_best_manager_keeps_the_highest_final_stage_metric(tmp_path, closing):

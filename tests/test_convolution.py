@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cpm_jax import architecture, bench, configs, convolution, model as cpm_model, onednn
+from cpm_jax import configs
+from cpm_jax.benchmarks import layers
+from cpm_jax.cpu import convolution, onednn
+from cpm_jax.model import architecture
+from cpm_jax.model import cpm as cpm_model
 from tests.conftest import normal, tiny_config
 from tests.test_paper_defaults import experiment
 
@@ -188,7 +192,7 @@ def test_model_uses_it_for_the_first_layer_only(without_onednn):
     """The demo model's inference has exactly two convolutions fewer in its compiled HLO (the
     two image-trunk first layers, 3 -> 16 channels, 3x3) than its layer list has."""
     m = experiment("synthetic").model
-    model = cpm_model.CPM(m)
+    model = cpm_model.CPM(m, conv=convolution.conv_general_dilated)
     image = jnp.zeros((1, m.input_size, m.input_size, 3))
     center = jnp.zeros((1, m.input_size // 8, m.input_size // 8, 1))
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), image, center)["params"])
@@ -206,7 +210,7 @@ def test_model_gradients_with_dft_layers_match_xlas(monkeypatch):
     take the DFT form, and the parameters' gradients equal those with XLA's convolutions."""
     m = tiny_config(input_size=128).model
     m.trunk_kernel, m.trunk_features, m.bottleneck_features = 9, 64, 64
-    model = cpm_model.CPM(m)
+    model = cpm_model.CPM(m, conv=convolution.conv_general_dilated)
     image = normal(18, (2, 128, 128, 3)) * 0.3   # 2 x 16 tiles at 64x64: MIN_DFT_TILES
     center = jnp.zeros((2, 16, 16, 1))
     targets = normal(19, (2, m.num_stages, 16, 16, m.num_parts + 1))
@@ -290,7 +294,8 @@ def test_onednn_under_vmap():
 # main thread's OpenMP thread count before and after.
 OPENMP_SCRIPT = """
 import ctypes, jax, jax.numpy as jnp
-from cpm_jax import runtime, convolution
+from cpm_jax import runtime
+from cpm_jax.cpu import convolution
 runtime.setup(tensorflow=False)
 gomp = ctypes.CDLL("libgomp.so.1")
 gomp.omp_set_num_threads(3)
@@ -315,7 +320,7 @@ def test_onednn_leaves_the_calling_threads_openmp_setting_as_it_was():
 def test_model_gradients_with_onednn_match_xlas(monkeypatch):
     """The tiny CPM's parameter gradients: every convolution on oneDNN against every one XLA's."""
     m = tiny_config().model
-    model = cpm_model.CPM(m)
+    model = cpm_model.CPM(m, conv=convolution.conv_general_dilated)
     image = normal(27, (2, m.input_size, m.input_size, 3)) * 0.3
     center = jnp.zeros((2, m.input_size // 8, m.input_size // 8, 1))
     targets = normal(28, (2, m.num_stages, m.input_size // 8, m.input_size // 8, m.num_parts + 1))
@@ -342,7 +347,7 @@ def test_onednn_build_failure_is_reported_and_xla_runs(tmp_path, compiler, reaso
     and the model still runs (on XLA's convolutions)."""
     if not ONEDNN_EXPECTED:
         pytest.skip(f"oneDNN's kernels are built for Linux x86-64 only: {onednn.status()}")
-    script = ("from cpm_jax import onednn, convolution; import jax.numpy as jnp; print(onednn.setup()); "
+    script = ("from cpm_jax.cpu import onednn, convolution; import jax.numpy as jnp; print(onednn.setup()); "
               "print(convolution.conv_general_dilated(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1), "
               "'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0, 1, 1, 0])")
     (tmp_path / "a-file").write_text("")
@@ -365,7 +370,7 @@ def test_which_paper_model_layers_take_the_dft_form(input_size, batch, dft, with
     """`cpu_form` (what the benchmark reports) names the form `conv_general_dilated` takes."""
     m = configs.resolve_dtype(experiment("lsp_paper"), "cpu").model
     m.input_size = input_size
-    forms = bench.convolution_forms(m, batch)
+    forms = layers.convolution_forms(m, batch)
     assert forms.get("dft", 0) == dft
     assert sum(forms.values()) == sum(architecture.model_convolutions(m).values())
     assert set(forms) <= {"dft", "xla"}  # oneDNN hidden; no narrow layer in the paper model

@@ -1,6 +1,6 @@
-"""Single-scale decoding (cpm_jax/decoding.py), by hand: belief cells -> crop px -> original px.
+"""Single-scale decoding (cpm_jax/evaluation/decoding.py), by hand: belief cells -> crop px -> original px.
 
-Conventions (reference section 3): cell g is centred on crop px 3.5 + 8 g; pixels are 0-based
+Conventions (docs/paper_notes.md section 3): cell g is centred on crop px 3.5 + 8 g; pixels are 0-based
 with integers at pixel centres. `upsample` is jax.image's "cubic" (Keys, a = -0.5): output pixel
 i samples the cells at u = (i + 0.5) / 8 - 0.5, so cell g lands on pixel 8 g + 3.5, between
 pixels 8 g + 3 and 8 g + 4 (each 1/16 cell away). Keys' kernel: k(x) = 1.5|x|^3 - 2.5|x|^2 + 1
@@ -8,7 +8,7 @@ for |x| <= 1, -0.5|x|^3 + 2.5|x|^2 - 4|x| + 2 for 1 < |x| < 2, else 0."""
 import numpy as np
 import pytest
 
-from cpm_jax import decoding
+from cpm_jax.evaluation import decoding
 from data_pipelines import pipeline, registry, targets
 from tests.conftest import tiny_config
 

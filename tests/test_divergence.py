@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import state as train_states, train
+from cpm_jax.model import cpm
+from cpm_jax.training import state as train_states
+from cpm_jax.training import step as step_lib
 from tests import train_cli
 from tests.conftest import tiny_config
 from tests.train_cli import overrides
@@ -89,15 +91,15 @@ def test_nonfinite_step_stops_naming_step_and_stage_then_skip_goes_on(tmp_path, 
 
 def test_the_message_names_the_stages_whose_gradient_is_not_finite():
     metrics = {"loss": 3.0, "stage_losses": np.array([1.0, 2.0]), "grads_finite": np.array([False, True])}
-    assert train.describe_nonfinite(7, metrics) == ("step 7: the gradient of stage 1 is not finite (every stage's "
+    assert step_lib.describe_nonfinite(7, metrics) == ("step 7: the gradient of stage 1 is not finite (every stage's "
                                                     "loss is finite) (loss per stage: 1 2)")
     metrics["stage_losses"] = np.array([np.inf, np.nan])
-    assert train.describe_nonfinite(7, metrics).startswith("step 7: the loss of stages 1, 2 is not finite")
+    assert step_lib.describe_nonfinite(7, metrics).startswith("step 7: the loss of stages 1, 2 is not finite")
 
 
 def test_first_and_last_convolution_of_every_stage():
     params = train_states.abstract(tiny_config(num_stages=3)).params
-    convs = train.first_and_last_convs(params)
+    convs = cpm.first_and_last_convs(params)
     assert convs == {
         "stage1_first": ("stage1", "layers", "conv1", "kernel"), "stage1_last": ("stage1", "layers", "conv7", "kernel"),
         "stage2_first": ("trunk", "layers", "conv1", "kernel"), "stage2_last": ("stage2", "head", "conv5", "kernel"),

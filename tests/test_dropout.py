@@ -1,4 +1,4 @@
-"""Dropout (reference section 1): rate 0.5 after stage 1's 9x9 and first 1x1 convolutions, in
+"""Dropout (docs/paper_notes.md section 1): rate 0.5 after stage 1's 9x9 and first 1x1 convolutions, in
 training only; the shared image trunk and every stage t >= 2 add no randomness of their own.
 
 The check: run the model in training mode (dropout live) and record stage 1's output; then run it
@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpm_jax import architecture, configs
-from cpm_jax import model as cpm_model
+from cpm_jax import configs
+from cpm_jax.model import architecture
+from cpm_jax.model import cpm as cpm_model
 from tests.conftest import normal, tiny_config
 
 STAGES = 3

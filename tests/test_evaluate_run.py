@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, evaluate, evaluators, prediction_files
+from cpm_jax import evaluate
+from cpm_jax.evaluation import evaluators, prediction_files
+from cpm_jax.training import checkpointing
 from data_pipelines import registry, skeleton
 from tests import images
 from tests.conftest import ROOT, python_env, tiny_config

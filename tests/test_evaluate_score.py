@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cpm_jax import errors, prediction_files, scoring
+from cpm_jax import errors
+from cpm_jax.evaluation import prediction_files, scoring
 from data_pipelines import skeleton
 from tests import mat_files
 from tests.conftest import ROOT, python_env

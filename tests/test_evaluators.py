@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from cpm_jax import evaluate, evaluators, metrics, predict, scoring, train
+from cpm_jax import evaluate, predict
+from cpm_jax.evaluation import evaluators, metrics, scoring
+from cpm_jax.training import trainer
 from data_pipelines import lsp, registry, skeleton
 from tests import images
 from tests.conftest import ROOT, python_env, tiny_config
@@ -112,7 +114,7 @@ def test_one_registered_record_is_enough_for_every_tool(toy_lsp, tmp_path):
     config.training.num_visualized = 1
     workdir = str(tmp_path / "run")
 
-    report = train.train_and_evaluate(config, workdir)
+    report = trainer.train_and_evaluate(config, workdir)
     assert report["dataset"] == "toy" and report["split"] == "test" and report["num_examples"] == 3
     assert report["metric"] == "PCK@0.2" and len(report["pck@0.2_per_stage"]) == 2
 

@@ -9,7 +9,7 @@ from cpm_jax.errors import BadExampleError, DataError
 from data_pipelines import flic, records
 from tests import mat_files
 
-# The 9 parts of the release's FLIC model and their 1-based `coords` columns (reference section 7).
+# The 9 parts of the release's FLIC model and their 1-based `coords` columns (docs/paper_notes.md section 7).
 PARTS = [("l_shoulder", 1), ("l_elbow", 2), ("l_wrist", 3), ("r_shoulder", 4), ("r_elbow", 5),
          ("r_wrist", 6), ("l_hip", 7), ("r_hip", 10), ("nose", 17)]
 LEFT_RIGHT = {"l_shoulder": "r_shoulder", "l_elbow": "r_elbow", "l_wrist": "r_wrist",

@@ -1,4 +1,4 @@
-"""Gradient-magnitude histograms by layer depth (paper Figure 5; cpm_jax/gradients.py): the
+"""Gradient-magnitude histograms by layer depth (paper Figure 5; cpm_jax/training/gradients.py): the
 binning, the period bookkeeping (device-side sums, resume), a tiny training run writing
 gradients.npz and gradients.png, the effect of intermediate supervision on stage 1's first
 convolution, and the default step left without histograms."""
@@ -9,7 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import configs, errors, gradients, model as cpm_model, state as train_states, train
+from cpm_jax import configs, errors
+from cpm_jax.model import cpm as cpm_model
+from cpm_jax.training import gradients, trainer
+from cpm_jax.training import state as train_states
+from cpm_jax.training import step as step_lib
 from data_pipelines import pipeline
 from tests.conftest import tiny_config
 
@@ -59,7 +63,7 @@ def test_recorder_sums_periods_reads_back_and_resumes(tmp_path):
 
 
 def test_config_key_is_validated_and_may_change_on_resume():
-    from cpm_jax import checkpointing
+    from cpm_jax.training import checkpointing
     config = tiny_config()
     assert configs.paper_config("lsp").training.gradient_histogram_every == 0
     for bad in (-1, 1.5):
@@ -80,7 +84,7 @@ def test_tiny_run_writes_histograms_per_period_and_the_picture(tmp_path):
     config.training.checkpoint_every = 5
     config.data.num_heldout = 2
     config.training.num_visualized = 1
-    report = train.train_and_evaluate(config, str(tmp_path))
+    report = trainer.train_and_evaluate(config, str(tmp_path))
     data = gradients.load(str(tmp_path / "gradients.npz"))
     bins = len(gradients.EDGES) - 1
     assert data["counts"].shape == (3, 4, bins)            # periods ending at 2, 4 and 5 (partial)
@@ -89,7 +93,7 @@ def test_tiny_run_writes_histograms_per_period_and_the_picture(tmp_path):
     assert list(data["names"]) == ["stage1_first", "stage1_last", "stage2_first", "stage2_last"]
     assert data["intermediate_supervision"] is False       # the run's loss.intermediate_supervision
     params = train_states.create(config, jax.random.key(0)).params
-    sizes = [np.prod(cpm_model.at_path(params, p).shape) for p in train.first_and_last_convs(params).values()]
+    sizes = [np.prod(cpm_model.at_path(params, p).shape) for p in cpm_model.first_and_last_convs(params).values()]
     np.testing.assert_array_equal(data["counts"].sum(-1), np.outer(data["period_steps"], sizes))
     png = tmp_path / "gradients.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
@@ -100,12 +104,12 @@ def test_intermediate_supervision_feeds_stage1_and_the_default_step_records_noth
     config = tiny_config(num_stages=2)
     state = flax.jax_utils.replicate(train_states.create(config, jax.random.key(0)))
     batch, rng = next(pipeline.train_batches(config, 1)), flax.jax_utils.replicate(jax.random.key(1))
-    _, default = train.parallel_train_step(config)(jax.tree.map(np.copy, state), batch, rng)
+    _, default = step_lib.parallel_train_step(config)(jax.tree.map(np.copy, state), batch, rng)
     assert "grad_histograms" not in default and "grad_norms" in default
     centres = np.log10(np.sqrt(gradients.EDGES[:-1] * gradients.EDGES[1:]))
     mean_log = {}
     for flag in (True, False):
-        step = jax.pmap(functools.partial(train.train_step, intermediate_supervision=flag, record_gradients=True),
+        step = jax.pmap(functools.partial(step_lib.train_step, intermediate_supervision=flag, record_gradients=True),
                         axis_name="batch")
         _, metrics = step(state, batch, rng)
         first = np.asarray(metrics["grad_histograms"][0, 0])   # stage1_first: layer 0

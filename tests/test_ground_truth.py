@@ -1,4 +1,4 @@
-"""The scored examples of official annotation files (data_pipelines/ground_truth.py), on small
+"""The scored examples of official annotation files (cpm_jax/evaluation/ground_truth.py), on small
 files written here in the official structures; expectations written out by hand."""
 import inspect
 import re
@@ -8,7 +8,8 @@ import pytest
 import scipy.io
 
 from cpm_jax.errors import AnnotationError, BadExampleError, DataError
-from data_pipelines import ground_truth, skeleton
+from cpm_jax.evaluation import ground_truth
+from data_pipelines import skeleton
 from tests import images, mat_files
 
 L = skeleton.LSP.index

@@ -15,7 +15,7 @@ import absl.app, absl.flags, absl.logging, flax.linen, h5py, jax, matplotlib, ma
 import ml_collections.config_flags, optax, orbax.checkpoint, PIL.Image, scipy.io, tensorflow
 import tensorflow_datasets
 try:
-    import torch  # the optional `bench` extra, for cpm_jax.torch_peer only
+    import torch  # the optional `bench` extra, for cpm_jax.benchmarks.torch_peer only
 except ImportError:
     torch = None
 environ, backend = dict(os.environ), dict.__getitem__(matplotlib.rcParams, "backend")
@@ -25,7 +25,7 @@ for package in ("cpm_jax", "data_pipelines"):
     names += [package] + [m.name for m in pkgutil.walk_packages(module.__path__, package + ".")]
 names += [f"experiments.{p.stem}" for p in sorted((root / "experiments").glob("*.py"))]
 for name in names:
-    if name != "cpm_jax.torch_peer" or torch is not None:
+    if name != "cpm_jax.benchmarks.torch_peer" or torch is not None:
         importlib.import_module(name)
 from jax._src import xla_bridge
 ours = ("cpm_jax", "data_pipelines", "experiments")

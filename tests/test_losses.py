@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax import losses
+from cpm_jax.model import losses
 
 
 def test_per_stage_sum_of_squares_over_two_batch():

@@ -1,4 +1,4 @@
-"""LSP and LSP Extended readers (data_pipelines/lsp.py, reference section 7) and the release's
+"""LSP and LSP Extended readers (data_pipelines/lsp.py, docs/paper_notes.md section 7) and the release's
 `insertMPILikeScale` (genJSON.m), on the real LSPET copy and on small files written here."""
 import re
 import warnings
@@ -13,7 +13,7 @@ from data_pipelines import lsp, registry, sources
 from tests import images, mat_files
 from tests.conftest import require_shared, tiny_config
 
-# Reference section 7: the project-wide LSP joint order.
+# docs/paper_notes.md section 7: the project-wide LSP joint order.
 LSP_ORDER = ("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
              "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top")
 J = {name: i for i, name in enumerate(LSP_ORDER)}

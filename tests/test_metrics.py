@@ -1,11 +1,11 @@
-"""PCK, PCKh and their curves on hand-built cases, against the definitions (reference section 6)."""
+"""PCK, PCKh and their curves on hand-built cases, against the definitions (docs/paper_notes.md section 6)."""
 import math
 import warnings
 
 import numpy as np
 import pytest
 
-from cpm_jax import metrics
+from cpm_jax.evaluation import metrics
 from data_pipelines import skeleton
 
 

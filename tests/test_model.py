@@ -4,7 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax import architecture as arch, configs, model as cpm_model, summary
+from cpm_jax import configs
+from cpm_jax.model import architecture as arch
+from cpm_jax.model import cpm as cpm_model
+from cpm_jax.model import summary
 from tests.conftest import normal, tiny_config
 
 

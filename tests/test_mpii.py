@@ -9,7 +9,7 @@ from cpm_jax.errors import BadExampleError, DataError
 from data_pipelines import matfile, mpii, records, skeleton
 from tests import images, mat_files
 
-# MPII's ids by joint name (reference section 7), independent of the reader's table.
+# MPII's ids by joint name (docs/paper_notes.md section 7), independent of the reader's table.
 MPII_ID = {"r_ankle": 0, "r_knee": 1, "r_hip": 2, "l_hip": 3, "l_knee": 4, "l_ankle": 5,
            "pelvis": 6, "thorax": 7, "neck": 8, "head_top": 9, "r_wrist": 10, "r_elbow": 11,
            "r_shoulder": 12, "l_shoulder": 13, "l_elbow": 14, "l_wrist": 15}

@@ -1,5 +1,5 @@
 """Multi-process data parallelism on this machine: two processes of `python -m cpm_jax.train` on
-localhost, one CPU device each, exchanging gradients through gloo (`cpm_jax.distributed`).
+localhost, one CPU device each, exchanging gradients through gloo (`cpm_jax.training.distributed`).
 
   * they train the tiny CPM to the same parameters as one process with two (simulated) devices
     and as one process with one device, on the same global batch (the single-process runs are
@@ -23,7 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, distributed, errors
+from cpm_jax import errors
+from cpm_jax.training import distributed, state
 from tests.conftest import ROOT, python_env, tiny_config
 
 TINY = str(ROOT / "tests" / "tiny_experiment.py")
@@ -36,8 +37,8 @@ sys.path.insert(0, sys.argv[1])
 from cpm_jax import runtime
 runtime.setup()
 import flax, jax, numpy as np
-from cpm_jax import train
-from cpm_jax import state as train_states
+from cpm_jax.training import step as step_lib
+from cpm_jax.training import state as train_states
 from data_pipelines import pipeline
 from tests.conftest import tiny_config
 
@@ -46,7 +47,7 @@ assert jax.process_count() == 1 and jax.local_device_count() == 2, jax.devices()
 config = tiny_config()                        # global batch 4, adam, no dropout: as tiny_experiment.py
 init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))   # as train.py
 initial = train_states.create(config, init_rng)
-step = functools.partial(train.train_step, intermediate_supervision=config.loss.intermediate_supervision)
+step = functools.partial(step_lib.train_step, intermediate_supervision=config.loss.intermediate_supervision)
 report = {}
 for n in (2, 1):
     devices = jax.local_devices()[:n]
@@ -151,7 +152,7 @@ def test_two_processes_train_as_one_process_with_two_devices_and_with_one(tmp_pa
     check_ok(results)
     (_, out0, err0), (_, out1, err1), (_, out_single, _) = results
 
-    variables, step = checkpointing.restore_params(str(workdir), tiny_config())   # written by the job
+    variables, step = state.restore_params(str(workdir), tiny_config())   # written by the job
     assert step == STEPS
     processes = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(variables["params"]))]
     two, one, initial = (leaves(tmp_path / f"{name}.npz") for name in ("devices_2", "devices_1", "initial"))

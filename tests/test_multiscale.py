@@ -1,7 +1,8 @@
-"""The multi-scale test-time procedure (cpm_jax/multiscale.py, reference section 5) on a fake network
-whose belief maps are built from markers painted into the image, so the right answer is known:
-every part's arg-max must land on its marker's original pixel, at every scale alone and summed,
-with padding (a person at the border), on non-square images, with flip testing and in batches."""
+"""The multi-scale test-time procedure (cpm_jax/evaluation/multiscale.py, docs/paper_notes.md
+section 5) on a fake network whose belief maps are built from markers painted into the image, so
+the right answer is known: every part's arg-max must land on its marker's original pixel, at
+every scale alone and summed, with padding (a person at the border), on non-square images, with
+flip testing and in batches."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cpm_jax import decoding, errors, multiscale
-from data_pipelines import registry
-from data_pipelines import augment, skeleton
+from cpm_jax import errors
+from cpm_jax.evaluation import decoding, multiscale
+from data_pipelines import augment, registry, skeleton
 
 S = 96                  # input size: 12 x 12 cells
 T = 2                   # fake stages; stage t's peaks are t / T high

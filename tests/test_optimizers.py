@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax import configs, optimizers
+from cpm_jax import configs
+from cpm_jax.training import optimizers
 
 
 def params():

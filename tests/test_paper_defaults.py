@@ -1,13 +1,15 @@
-"""The paper's settings where they live (reference sections 1-5): configs.paper_*, the label
-constants of data_pipelines/targets.py, the test-time constants of cpm_jax/multiscale.py and the
-experiments built from them. Every number is the reference document's."""
+"""The paper's settings where they live (docs/paper_notes.md sections 1-5): configs.paper_*, the label
+constants of data_pipelines/targets.py, the test-time constants of cpm_jax/evaluation/multiscale.py and the
+experiments built from them. Every number is from docs/paper_notes.md."""
 import importlib.util
 import math
 
 import numpy as np
 import pytest
 
-from cpm_jax import architecture, configs, multiscale
+from cpm_jax import configs
+from cpm_jax.evaluation import multiscale
+from cpm_jax.model import architecture
 from data_pipelines import augment, targets
 from tests.conftest import ROOT
 

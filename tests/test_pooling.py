@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax.pooling import caffe_max_pool
+from cpm_jax.model.pooling import caffe_max_pool
 from tests.conftest import normal
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpm_jax import checkpointing, errors, multiscale, predict
+from cpm_jax import errors, predict
+from cpm_jax.evaluation import multiscale
+from cpm_jax.training import checkpointing
 from data_pipelines import skeleton
 from tests import images
 from tests.conftest import ROOT, python_env, require_shared, tiny_config

@@ -1,5 +1,5 @@
 """`MultiScalePredictor.predict`'s promise: joints in original pixels, 0-based, the centre of the
-top-left pixel at (0, 0) (cpm_jax/multiscale.py's docstring), checked by hand.
+top-left pixel at (0, 0) (cpm_jax/evaluation/multiscale.py's docstring), checked by hand.
 
 A fake network puts a single 1 in a chosen cell for a chosen part, whatever the image. With the
 LSP image rule (`person_from_image`: c = ((W - 1) / 2, (H - 1) / 2), f = 0.8 S / H) at scale 1,
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax import multiscale
+from cpm_jax.evaluation import multiscale
 from data_pipelines import skeleton
 
 S = 80                                  # 10 x 10 cells

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cpm_jax import prediction_files as pf
+from cpm_jax.evaluation import prediction_files as pf
 from data_pipelines import skeleton
 from data_pipelines.mpii import MPII_IDS
 

@@ -13,7 +13,9 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from cpm_jax import checkpointing, errors, pretrained
+from cpm_jax import errors
+from cpm_jax.model import pretrained
+from cpm_jax.training import checkpointing, release, state
 from tests import images
 from tests.conftest import ROOT, python_env, require_shared
 
@@ -28,7 +30,7 @@ def shipped(tmp_path_factory, tiny_workdir):
     """(directory, name, workdir) of a tiny model exported from a 2-step workdir."""
     workdir = tiny_workdir
     directory = tmp_path_factory.mktemp("shipped")
-    pretrained.export(str(workdir), "tiny", str(directory), note="2 steps of the tests' tiny CPM")
+    release.export(str(workdir), "tiny", str(directory), note="2 steps of the tests' tiny CPM")
     return str(directory), "tiny", str(workdir)
 
 
@@ -40,7 +42,7 @@ def copy_model(directory: str, to) -> None:
 def test_export_then_load_gives_the_checkpoint_rounded_to_float16(shipped):
     directory, name, workdir = shipped
     config, variables, info = pretrained.load(name, directory)
-    _, trained, step = checkpointing.restore_trained(workdir)
+    _, trained, step = state.restore_trained(workdir)
     assert info["source"]["step"] == step == 2 and info["dtype"] == "float16"
     assert config.model.to_dict() == checkpointing.read_config(workdir).model.to_dict()
     flat_loaded = traverse_util.flatten_dict(variables)
@@ -54,7 +56,7 @@ def test_export_then_load_gives_the_checkpoint_rounded_to_float16(shipped):
 
 def test_loading_reproduces_the_recorded_joints_exactly(shipped):
     directory, name, _ = shipped
-    same, recomputed, recorded = pretrained.check(name, directory)
+    same, recomputed, recorded = release.check(name, directory)
     assert same and recomputed.shape == (pretrained.CHECK_EXAMPLES, 2, 14, 2)
     assert np.isfinite(recorded).all()
 
@@ -147,7 +149,7 @@ def test_the_shipped_model_reproduces_its_recorded_heldout_joints():
     assert info["bytes"] <= 8e6 and info["dtype"] == "float16"
     assert info["config"]["data"]["heldout_every"] == 10 and info["check"]["split"] == "heldout"
     config.data.paths.lspet = str(images.LSPET_ROOT)       # wherever this checkout's data is
-    recomputed = pretrained.heldout_joints(config, variables, info["check"]["count"])
+    recomputed = release.heldout_joints(config, variables, info["check"]["count"])
     recorded = np.asarray(info["check"]["joints"], np.float32)
     np.testing.assert_array_equal(recomputed.astype(np.float32), recorded)
 
@@ -170,17 +172,17 @@ def test_a_failed_export_leaves_the_shipped_pair_as_it_was(shipped, monkeypatch)
     def broken(*args, **kwargs):
         raise errors.DataError("the held-out split cannot be read")
 
-    monkeypatch.setattr(pretrained, "heldout_joints", broken)
+    monkeypatch.setattr(release, "heldout_joints", broken)
     with pytest.raises(errors.DataError, match="held-out split"):
-        pretrained.export(str(workdir), name, directory, dtype="float32")
+        release.export(str(workdir), name, directory, dtype="float32")
     assert {s: open(os.path.join(directory, f"tiny{s}"), "rb").read() for s in (".npz", ".json")} == before
     assert not [f for f in os.listdir(directory) if "partial" in f]      # nothing left aside
     monkeypatch.undo()
-    assert pretrained.check(name, directory)[0]
+    assert release.check(name, directory)[0]
 
 
 def test_training_can_start_from_a_shipped_model(shipped, tmp_path):
-    from cpm_jax import state
+    from cpm_jax.training import state
     directory, name, workdir = shipped
     config = checkpointing.read_config(workdir)
     npz = os.path.join(directory, "tiny.npz")

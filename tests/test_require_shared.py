@@ -47,6 +47,6 @@ def test_present_paths_pass_with_or_without_ci(tmp_path, monkeypatch):
         assert outcome(lambda: require_shared(str(tmp_path / "a"), "x")) == "passed"
 
 
-def test_the_shared_reference_document_is_there():
-    """Skips locally without ../shared; fails under CI, where it always is."""
-    require_shared(conftest.SHARED / "docs" / "cpm_reference.md", "the shared reference document")
+def test_the_shared_lspet_copy_is_there():
+    """Skips locally without the shared datasets; fails under CI, where they always are."""
+    require_shared(conftest.SHARED / "datasets" / "lspet" / "joints.mat", "the shared LSPET copy")

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from cpm_jax import optimizers
+from cpm_jax.training import optimizers
 from tests import train_cli
 from tests.conftest import tiny_config
 from tests.train_cli import STEPS, last_logged_step, overrides

@@ -23,13 +23,13 @@ def median_faults(fn, rounds):
 """
 
 # Allocates and frees a 64 MiB block 20 times (numpy's data comes from malloc), after an optional
-# runtime.keep_freed_memory() (what setup() calls); prints the median minor page faults a round.
+# process.keep_freed_memory() (what setup() calls); prints the median minor page faults a round.
 SCRIPT = MEDIAN_FAULTS + """
 import sys
 import numpy as np
 if sys.argv[1] == "setup":
-    from cpm_jax import runtime
-    print(runtime.keep_freed_memory())
+    from cpm_jax.cpu import process
+    print(process.keep_freed_memory())
 np.ones(16 << 20, np.float32)
 print(median_faults(lambda: np.ones(16 << 20, np.float32), 20))
 """
@@ -67,10 +67,10 @@ def test_a_users_malloc_settings_are_left_alone():
 XLA_SCRIPT = MEDIAN_FAULTS + """
 import sys
 import jax, jax.numpy as jnp
-from cpm_jax import runtime
+from cpm_jax.cpu import process
 if sys.argv[1] == "setup":
-    print(runtime.keep_freed_memory())
-    print(runtime.run_cpu_computations_inline())
+    print(process.keep_freed_memory())
+    print(process.run_cpu_computations_inline())
 x = jnp.ones((2048, 8192), jnp.float32)
 step = jax.jit(lambda x: (lambda y: (y[::-1] * y).sum(0))(jnp.cumsum(x, axis=0)))
 assert step.lower(x).compile().memory_analysis().temp_size_in_bytes > 128 << 20

@@ -12,7 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from cpm_jax import checkpointing, configs, errors, model, optimizers, schemes, state as train_states, train
+from cpm_jax import configs, errors
+from cpm_jax.model import architecture
+from cpm_jax.training import checkpointing, optimizers, schemes, trainer
+from cpm_jax.training import state as train_states
 from tests.conftest import ROOT, python_env, tiny_config
 
 
@@ -26,15 +29,15 @@ def scheme_config(name: str, num_stages: int, num_steps: int):
 
 def final_params(workdir) -> dict:
     """The params of `workdir`'s newest checkpoint, as numpy."""
-    params, _ = checkpointing.restore_params(str(workdir), checkpointing.read_config(str(workdir)))
+    params, _ = train_states.restore_params(str(workdir), checkpointing.read_config(str(workdir)))
     return jax.device_get(params["params"])
 
 
 def initial_params(config) -> dict:
-    """What a run of `config` starts from at step 0 (train.restore_or_create in an empty workdir)."""
+    """What a run of `config` starts from at step 0 (trainer.restore_or_create in an empty workdir)."""
     with tempfile.TemporaryDirectory() as workdir:
         mngr = checkpointing.manager(workdir, 1)
-        state, step = train.restore_or_create(config, workdir, mngr)
+        state, step = trainer.restore_or_create(config, workdir, mngr)
         mngr.close()
     assert step == 0
     return jax.device_get(state.params)
@@ -82,7 +85,7 @@ def test_make_without_frozen_is_the_plain_optimiser():
 def test_stagewise_freezes_earlier_stages(stagewise_then_joint):
     workdir, _ = stagewise_then_joint
     groups = {2: (("stage1",), ("trunk", "stage2"))}
-    assert model.stage_parameter_groups(3)[2] == ("stage3",)      # phase 3 would freeze stage1, trunk, stage2
+    assert architecture.stage_parameter_groups(3)[2] == ("stage3",)      # phase 3 would freeze stage1, trunk, stage2
     for t, (frozen, trained) in groups.items():
         phase_dir = workdir / "stagewise" / f"stage{t}"
         config = checkpointing.read_config(str(phase_dir))
@@ -184,7 +187,7 @@ def test_init_from_without_checkpoint(tmp_path):
     config.training.init_from = str(tmp_path / "empty")
     (tmp_path / "empty").mkdir()
     with pytest.raises(errors.CheckpointError) as caught:
-        train.train_and_evaluate(config, str(tmp_path / "w"))
+        trainer.train_and_evaluate(config, str(tmp_path / "w"))
     message = str(caught.value)
     assert "\n" not in message and f"config.training.init_from = '{tmp_path / 'empty'}'" in message
     assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")
@@ -195,7 +198,7 @@ def test_init_from_with_other_shapes(tmp_path, stagewise):
     config.model.stage1_features = 16
     config.training.init_from = str(stagewise[0] / "stagewise" / "stage1")
     with pytest.raises(errors.ConfigError, match="init_from.*'stage1' has other shapes"):
-        train.train_and_evaluate(config, str(tmp_path / "w"))
+        trainer.train_and_evaluate(config, str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("key, value, refused", [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cpm_jax import losses
+from cpm_jax.model import losses
 from data_pipelines import lsp, mpii, pipeline, registry, sources
 from tests import images, mat_files
 from tests.conftest import tiny_config
@@ -211,7 +211,7 @@ CELLS = SIZE // 8
 
 
 def gaussian_maps(people_joints, people_visibility, sigma: float = 7.0) -> np.ndarray:
-    """Reference section 3, from its definition: (8, 8, P+1) for crop joints of one or more people."""
+    """docs/paper_notes.md section 3, from its definition: (8, 8, P+1) for crop joints of one or more people."""
     centres = 3.5 + 8 * np.arange(CELLS)
     num_parts = people_joints.shape[-2]
     parts = np.zeros((CELLS, CELLS, num_parts))
@@ -366,7 +366,7 @@ def test_head_boxes_reach_the_record_stream(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# FLIC's 9 parts (reference section 7): l shoulder, l elbow, l wrist, r shoulder, r elbow,
+# FLIC's 9 parts (docs/paper_notes.md section 7): l shoulder, l elbow, l wrist, r shoulder, r elbow,
 # r wrist, l hip, r hip, nose.
 
 def test_flic_flip_swaps_left_and_right_and_keeps_the_nose():

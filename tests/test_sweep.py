@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from cpm_jax import schemes, sweep
+from cpm_jax import sweep
+from cpm_jax.training import schemes
 from tests import train_cli
 from tests.conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""Belief-map targets and the center map (reference sections 1 and 3)."""
+"""Belief-map targets and the center map (docs/paper_notes.md sections 1 and 3)."""
 import numpy as np
 import pytest
 

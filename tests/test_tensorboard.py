@@ -6,7 +6,7 @@ import jax
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from cpm_jax import summaries
+from cpm_jax.training import summaries
 
 
 def events(directory) -> list[tuple[int, str, float, str]]:

@@ -5,12 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax import architecture as arch, bench, configs, losses, model as cpm_model, optimizers, state, summary
-from cpm_jax.pooling import caffe_max_pool
+from cpm_jax import configs
+from cpm_jax.benchmarks import runners
+from cpm_jax.model import architecture as arch
+from cpm_jax.model import cpm as cpm_model
+from cpm_jax.model import losses, summary
+from cpm_jax.model.pooling import caffe_max_pool
+from cpm_jax.training import optimizers, state
 from tests.conftest import tiny_config
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install -e '.[bench]' (CI installs it)")
-from cpm_jax import torch_peer  # noqa: E402  (needs torch)
+from cpm_jax.benchmarks import torch_peer  # noqa: E402  (needs torch)
 
 
 def parity_config(num_stages=3, dropout_rate=0.0):
@@ -70,7 +75,7 @@ def test_torch_ceil_mode_pool_is_caffe_pool(size):
 def test_beliefs_match_flax_in_both_memory_formats():
     config = parity_config()
     params = flax_params(config)
-    batch = bench.random_batch(config, 2)
+    batch = runners.random_batch(config, 2)
     expected = cpm_model.CPM(config.model).apply({"params": params}, batch["image"], batch["center_map"])
     for memory_format in (torch.channels_last, torch.contiguous_format):
         beliefs = torch_peer.make_inference(ported(config, params, memory_format))(batch["image"], batch["center_map"])
@@ -85,7 +90,7 @@ def test_train_step_loss_gradients_and_update_match_jax():
     config.optimizer.learning_rate = 1e-2  # updates well above float32 rounding of the weights
     config.optimizer.weight_decay = 1.0    # decay of the order of the gradient: misplaced decay shows
     params = flax_params(config)
-    batch = bench.random_batch(config, 2)
+    batch = runners.random_batch(config, 2)
     model = cpm_model.CPM(config.model)
 
     def loss_fn(p):
@@ -130,7 +135,7 @@ def test_train_step_learns_and_dropout_is_train_only():
     config = tiny_config(num_stages=2, dropout_rate=0.5)  # adam
     torch.manual_seed(0)
     module = torch_peer.build(config.model)
-    batch = bench.random_batch(config, 4)
+    batch = runners.random_batch(config, 4)
     predict = torch_peer.make_inference(module)
     beliefs = predict(batch["image"], batch["center_map"])
     assert beliefs.shape == (4, 2, 4, 4, 15) and beliefs.dtype == np.float32

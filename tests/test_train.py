@@ -10,15 +10,18 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import bench, checkpointing, configs, train
-from cpm_jax import state as train_states
+from cpm_jax import configs
+from cpm_jax.benchmarks import timing
+from cpm_jax.training import checkpointing, trainer
+from cpm_jax.training import state as train_states
+from cpm_jax.training import step as step_lib
 from data_pipelines import pipeline, registry
 from tests.conftest import ROOT, python_env, tiny_config
 
 
 def _pmapped_step(config):
     import functools
-    return jax.pmap(functools.partial(train.train_step, intermediate_supervision=True), axis_name="batch")
+    return jax.pmap(functools.partial(step_lib.train_step, intermediate_supervision=True), axis_name="batch")
 
 
 def test_loss_falls_on_a_short_run():
@@ -40,14 +43,14 @@ def _compilations_per_step(replicate, steps: int = 3) -> list[int]:
     """XLA compilations during each of `steps` calls of `train`'s step, the state and key placed
     by `replicate` and then, as `train` runs it, each step fed the previous one's state."""
     config = tiny_config()
-    step = train.parallel_train_step(config)
+    step = step_lib.parallel_train_step(config)
     p_state = replicate(train_states.create(config, jax.random.key(0)))
     rng = replicate(jax.random.key(1))
     batches = pipeline.train_batches(config, 1)
     counts = []
     try:
         for _ in range(steps):
-            with bench.compilations() as seconds:
+            with timing.compilations() as seconds:
                 p_state, metrics = step(p_state, next(batches), rng)
                 jax.block_until_ready(metrics)
             counts.append(len(seconds))
@@ -59,7 +62,7 @@ def _compilations_per_step(replicate, steps: int = 3) -> list[int]:
 def test_train_step_compiles_once():
     """A state placed by `train.replicate` matches the step's outputs: the second step does not
     compile again (flax's default placement did, a second compilation as long as the first)."""
-    counts = _compilations_per_step(train.replicate)
+    counts = _compilations_per_step(step_lib.replicate)
     assert counts[0] >= 1 and counts[1:] == [0, 0], counts
     assert _compilations_per_step(flax.jax_utils.replicate)[1] >= 1  # what the test guards against
 
@@ -68,8 +71,10 @@ PMAP_SCRIPT = r"""
 import functools, json, sys
 import flax, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from cpm_jax import runtime, train
-from cpm_jax import state as train_states
+from cpm_jax import runtime
+from cpm_jax.training import step as step_lib
+from cpm_jax.training import trainer
+from cpm_jax.training import state as train_states
 runtime.setup()
 from data_pipelines import pipeline
 from tests.conftest import tiny_config
@@ -81,7 +86,7 @@ config.optimizer = configs.paper_optimizer()  # the release's SGD, with a visibl
 config.optimizer.learning_rate = 1e-2
 state = train_states.create(config, jax.random.key(0))
 batch = next(pipeline.train_batches(config, 1))           # (1, 4, ...)
-step = functools.partial(train.train_step, intermediate_supervision=True)
+step = functools.partial(step_lib.train_step, intermediate_supervision=True)
 out = {}
 for devices in (1, 2):
     p = jax.pmap(step, axis_name="batch", devices=jax.devices()[:devices])
@@ -134,13 +139,13 @@ def test_resume_with_dropout_and_caffe_sgd_is_bit_identical(tmp_path):
     removed, as if it had been killed) and resumed to 5 in the same workdir."""
     import shutil
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train.train_and_evaluate(_sgd_dropout_config(), str(straight))
+    trainer.train_and_evaluate(_sgd_dropout_config(), str(straight))
     shutil.copytree(straight, resumed)
     for step in ("4", "5"):
         shutil.rmtree(resumed / "checkpoints" / step)
     at_2, step = _restore(resumed)
     assert step == 2
-    train.train_and_evaluate(_sgd_dropout_config(), str(resumed))
+    trainer.train_and_evaluate(_sgd_dropout_config(), str(resumed))
     a, step_a = _restore(straight)
     b, step_b = _restore(resumed)
     assert step_a == step_b == 5

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from cpm_jax import checkpointing, configs, errors, state as train_states
+from cpm_jax import configs, errors
+from cpm_jax.training import checkpointing
+from cpm_jax.training import state as train_states
 from tests import train_cli
 from tests.conftest import tiny_config
 from tests.train_cli import overrides

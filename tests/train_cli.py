@@ -17,7 +17,8 @@ import time
 import jax
 import numpy as np
 
-from cpm_jax import checkpointing, state as train_states
+from cpm_jax.training import checkpointing
+from cpm_jax.training import state as train_states
 from tests.conftest import ROOT, python_env
 
 TINY = str(ROOT / "tests" / "tiny_experiment.py")
