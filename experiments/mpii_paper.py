@@ -8,6 +8,13 @@ release's optimiser; stage 1 learns every annotated person, later stages the cen
 Both are required (the validation people are left out of training and scored at the end); a
 path not given or not found fails at once, naming its key. Computes in bfloat16 on a GPU or TPU,
 float32 on a CPU (`model.dtype = "auto"`).
+
+Machine and time: not yet run to the end with this code. The release trained it on one GPU:
+630,000 steps of batch 16 (10 M crops), an estimated 7-14 hours on one H100-class GPU in
+bfloat16 (docs/paper_notes.md section 8); out of reach on a CPU (about 16 s per step of batch 8
+on a 2-core AMD EPYC Zen 4). Expected result (the paper, section 4.2 and figure 8): PCKh@0.5 of
+87.95 on MPII's test set, whose labels are not public; this config scores the 2,958 validation
+people (Tompson et al.), a split the paper does not report.
 """
 from cpm_jax import configs
 

@@ -1,17 +1,21 @@
 """The demo: a tiny CPM learns the embedded synthetic figures on a CPU in minutes.
 
-    python -m cpm_jax.train --config experiments/synthetic.py --workdir runs/demo
+    python -m cpm_jax.train --config experiments/synthetic.py --workdir runs/demo    # or: make demo
+
+Machine and time: a 2-core AMD EPYC Zen 5 CPU, about 1.5 minutes for the 1,500 steps of batch 8
+(about 3 minutes for `make demo` on a fresh clone, the virtual environment's set-up included); a
+2-core Zen 3 takes 4-6 minutes. Expected result: held-out PCK@0.2 (300 figures) of about
+0.44 / 0.80 / 0.82 for stages 1 / 2 / 3 (0.43-0.44, 0.79-0.80, 0.81-0.82: CPUs and convolution
+kernels round differently), in runs/demo/metrics.json.
 
 Same architecture and labels as the paper, sized for a 128x128 input (16x16 belief maps) and a
-2-core CPU: 3 stages (on these figures stages 4-6 add little: experiments/results, section 1),
-narrower layers, 3x3 instead of 9x9 image-trunk kernels and 7x7 instead of 11x11 in the later
-stages (three 7x7 layers already see the whole 16x16 map): receptive fields 125 / 269 / 413 input
-pixels by stage, 0.26 GFLOP per image forward (the paper's kernels and 4 stages: 0.82). Adam
-instead of the release's SGD so that a few minutes suffice. `model.dtype = "auto"` (from the
-paper config): float32 on a CPU, bfloat16 on a GPU or TPU. Measured here (2 shared CPU cores, 500
-steps, the 4-stage 11x11 model): bfloat16's loss follows float32's within the step-to-step noise
-(57.1 vs 55.4 at step 500; held-out PCK@0.2 of the last stage 0.629 vs 0.633), at 0.6x the
-speed, hence float32 on CPUs.
+2-core CPU: 3 stages (on these figures stages 4-6 add little: experiments/results/RESULTS.md,
+section 1), narrower layers, 3x3 instead of 9x9 image-trunk kernels and 7x7 instead of 11x11 in
+the later stages (three 7x7 layers already see the whole 16x16 map): receptive fields 125 / 269 /
+413 input pixels by stage, 0.26 GFLOP per image forward (the paper's kernels and 4 stages: 0.82).
+Adam instead of the release's SGD so that a few minutes suffice. `model.dtype = "auto"` (from the
+paper config): float32 on a CPU, where bfloat16 learns as well but runs slower
+(docs/performance.md); bfloat16 on a GPU or TPU.
 """
 from cpm_jax import configs
 
@@ -33,11 +37,6 @@ def get_config():
     config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=50, decay_steps=1500)
     t = config.training
     t.global_batch_size = 8
-    # 1500 steps, held-out PCK@0.2 by stage: 0.44 / 0.80 / 0.82; `make demo` (venv included) took
-    # 5m20s on a fresh clone on a 2-core AMD EPYC Zen 3 (1m09s of it the venv; 56 img/s). Before, 4 stages with 5x5 trunk
-    # kernels: 0.54 / 0.78 / 0.79 / 0.83 with 7x7 later-stage kernels (8m15s on that Zen 3), and
-    # 0.53 / 0.80 / 0.81 / 0.84 with the paper's 11x11 (1300 steps 0.51 / 0.79 / 0.80 / 0.82, 2000
-    # steps 0.62 / 0.82 / 0.84 / 0.88; 8m54s on a 2-core Xeon Sapphire Rapids, 22 img/s on the Zen 3).
     t.num_steps = 1500
     t.log_every = 100
     t.checkpoint_every = 500
