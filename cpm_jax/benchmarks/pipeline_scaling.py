@@ -10,12 +10,11 @@ n cores. `by_cores` measures it for each count and says which counts keep up wit
 Units: images/s (after 2 batches that fill the buffers).
 """
 import os
-import time
 from typing import Callable
 
 import ml_collections
 
-from cpm_jax.benchmarks.runners import with_batch
+from cpm_jax.benchmarks.runners import stream_rate, with_batch
 
 
 def core_counts(requested: list[str], available: int) -> list[int]:
@@ -38,12 +37,7 @@ def rate(config: ml_collections.ConfigDict, batch: int, batches: int, threads: i
     ds = pipeline.train_examples(config).map(lambda e: {k: v for k, v in e.items() if k != "index"})
     ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(options)
     with pipeline.NumpyBatches(ds, 1) as stream:
-        for _ in range(2):
-            next(stream)
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(stream)
-        return batches * batch / (time.perf_counter() - start)
+        return stream_rate(stream, batch, batches)
 
 
 def by_cores(config: ml_collections.ConfigDict, batch: int, batches: int, counts: list[int],

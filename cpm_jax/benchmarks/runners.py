@@ -124,12 +124,18 @@ def pipeline_rate(config: ml_collections.ConfigDict, batch: int, batches: int) -
     from data_pipelines import pipeline
     config = with_batch(config, batch)
     with pipeline.train_batches(config, 1) as stream:
-        for _ in range(2):
-            next(stream)
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(stream)
-        return batches * batch / (time.perf_counter() - start)
+        return stream_rate(stream, batch, batches)
+
+
+def stream_rate(stream, batch: int, batches: int) -> float:
+    """Images/s of `batches` batches of `batch` images drawn from `stream`, after its first 2
+    (which fill its buffers)."""
+    for _ in range(2):
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * batch / (time.perf_counter() - start)
 
 
 def fed_rate(config: ml_collections.ConfigDict, training: JaxTraining, batch: int, steps: int) -> float:

@@ -70,13 +70,18 @@ class LayerStack(nn.Module):
         return x
 
 
-class InitialStage(nn.Module):
-    """Stage 1: image (B, H, W, 3) -> beliefs (B, H/8, W/8, P+1) from local evidence only."""
+class _Stage(nn.Module):
+    """What every part of the machine is built from: the `model` config block, the kernel
+    initialisers, the compute dtype and the convolution (`CPM`'s fields, passed down)."""
     config: ml_collections.ConfigDict
     kernel_init: Callable
     output_init: Callable
     dtype: jnp.dtype
     conv: Convolution
+
+
+class InitialStage(_Stage):
+    """Stage 1: image (B, H, W, 3) -> beliefs (B, H/8, W/8, P+1) from local evidence only."""
 
     @nn.compact
     def __call__(self, image: jax.Array, train: bool) -> jax.Array:
@@ -84,13 +89,8 @@ class InitialStage(nn.Module):
         return LayerStack(layers, self.kernel_init, self.output_init, self.dtype, self.conv, name="layers")(image, train)
 
 
-class ImageTrunk(nn.Module):
+class ImageTrunk(_Stage):
     """Shared image features for stages >= 2: (B, H, W, 3) -> (B, H/8, W/8, trunk_features)."""
-    config: ml_collections.ConfigDict
-    kernel_init: Callable
-    output_init: Callable
-    dtype: jnp.dtype
-    conv: Convolution
 
     @nn.compact
     def __call__(self, image: jax.Array, train: bool) -> jax.Array:
@@ -98,13 +98,8 @@ class ImageTrunk(nn.Module):
                           self.conv, name="layers")(image, train)
 
 
-class RefinementStage(nn.Module):
+class RefinementStage(_Stage):
     """Stage t >= 2: (trunk features, beliefs of stage t-1, center map) -> beliefs (B, h, w, P+1)."""
-    config: ml_collections.ConfigDict
-    kernel_init: Callable
-    output_init: Callable
-    dtype: jnp.dtype
-    conv: Convolution
 
     @nn.compact
     def __call__(self, trunk_features: jax.Array, previous_beliefs: jax.Array,
