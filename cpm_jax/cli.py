@@ -17,8 +17,8 @@ key, and the fix where known) and exits 1; the traceback comes first only with `
     no `get_config()`, a `get_config()` that returns no ConfigDict;
   * config overrides (`--config.model.num_stages=3`): unknown key (with the closest known key),
     value of the wrong type;
-  * `errors.UserError` raised by `main` (e.g. `configs.validate`'s `ConfigError`), and absl's
-    `app.UsageError`.
+  * `errors.UserError` raised by `main` (e.g. `configs.validate`'s `ConfigError`), absl's
+    `app.UsageError`, and an OSError that names its file (e.g. a full disk): `PATH: reason`.
 Any other exception escaping `main` is a bug and keeps its traceback.
 
 A failed run (user error, bug or Ctrl-C) still alive EXIT_GRACE_S seconds after `main` gave up
@@ -68,6 +68,10 @@ def run(main: Callable[[list[str]], None], *, argv: list[str] | None = None,
             if isinstance(error, app.UsageError):
                 message += "\n(--helpshort lists the flags)"
             _fail(program, message, error, _verbosity_after_parsing() >= 1)
+        except OSError as error:
+            if error.filename is None:  # no file to name: a bug, with its traceback
+                raise
+            _fail(program, describe_os_error(error), error, _verbosity_after_parsing() >= 1)
 
     try:
         app.run(guarded_main, argv=argv, flags_parser=parse_flags)
@@ -107,6 +111,12 @@ def _fail(program: str, message: str, error: BaseException | None, verbose: bool
         traceback.print_exception(error, file=sys.stderr)
     print(f"{program}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def describe_os_error(error: OSError) -> str:
+    """`PATH: reason` (`PATH -> PATH2: reason` for a rename or link) of an OSError that names its file."""
+    where = f"{error.filename} -> {error.filename2}" if error.filename2 is not None else f"{error.filename}"
+    return f"{where}: {error.strerror or error} (-v 1 shows the traceback)"
 
 
 def _verbosity_after_parsing() -> int:
@@ -184,8 +194,12 @@ def _config_value_problem(name: str, path: str, value) -> str | None:
             return f"--{name}={path}: is a directory, not a config file (experiments/*.py)"
         line = _line_in(value._error, path)
         if line is not None:
-            return (f"{path}:{line}: {type(value._error).__name__}: {_first_line(value._error)} "
+            return (f"{path}:{line}: {_exception_line(value._error)} "
                     f"(while running the config file of --{name}; -v 1 shows the traceback)")
+        missing = _missing_file_while_loading(value._error)
+        if missing:  # the file exists: a FileNotFoundError raised while running it (config_flags keeps its text only)
+            return (f"{path}: FileNotFoundError: {missing} (while running the config file of --{name}: "
+                    "a file it reads is missing)")
         return f"--{name}={path}: cannot be read: {_first_line(value._error)}"
     if value is None:
         return f"--{name}={path}: get_config() returned None (a missing return statement?)"
@@ -206,7 +220,7 @@ def describe_flag_error(error: BaseException, files: dict[str, str]) -> str:
         for e in chain:  # the config file's own code raised
             line = _line_in(e, path)
             if line is not None:
-                return (f"{path}:{line}: {type(e).__name__}: {_first_line(e)} "
+                return (f"{path}:{line}: {_exception_line(e)} "
                         f"(while running the config file of --{name}; -v 1 shows the traceback)")
         for e in chain:
             if isinstance(e, AttributeError) and "get_config" in str(e):
@@ -220,8 +234,7 @@ def describe_flag_error(error: BaseException, files: dict[str, str]) -> str:
             message = _first_line(e)
             if message.endswith("Error whilst parsing config file:"):  # config_flags' wrapper
                 name = next(iter(files), "config")
-                return (f"--{name}={files.get(name, '')}: {type(chain[-1]).__name__}: {_first_line(chain[-1])} "
-                        "(-v 1 shows the traceback)")
+                return f"--{name}={files.get(name, '')}: {_exception_line(chain[-1])} (-v 1 shows the traceback)"
             missing = re.search(r"Flag --(\S+) must have a value other than None", message)
             if missing and missing.group(1) in files:
                 return (f"--{missing.group(1)}={files[missing.group(1)]}: get_config() returned None "
@@ -245,6 +258,22 @@ def _chain(error: BaseException) -> list[BaseException]:
 def _first_line(error: BaseException) -> str:
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _exception_line(error: BaseException) -> str:
+    """`Type: the message's first line`, or `Type` for an exception without a message."""
+    text = _first_line(error)
+    return type(error).__name__ if text == type(error).__name__ else f"{type(error).__name__}: {text}"
+
+
+def _missing_file_while_loading(error: BaseException) -> str | None:
+    """config_flags' "Failed loading config file" error (a FileNotFoundError raised while the file
+    ran, kept as text under "Attempted [...]:"): that text, e.g. "[Errno 2] No such file or
+    directory: 'x.json'"; None for any other error."""
+    lines = str(error).splitlines()
+    if not lines or not lines[0].startswith("Failed loading config file") or len(lines) < 4:
+        return None
+    return lines[-1].strip() or None
 
 
 def _line_in(error: BaseException, path: str) -> int | None:

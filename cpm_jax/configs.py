@@ -2,6 +2,8 @@
 
 Units: sizes in input pixels; learning rates per step; angles in degrees.
 """
+import math
+
 import ml_collections
 
 from cpm_jax import errors
@@ -129,6 +131,105 @@ def resolve_dtype(config: ml_collections.ConfigDict, backend: str) -> ml_collect
     return config
 
 
+REQUIRED = object()  # in NUMBERS: a key the code reads without a default, so it must be there
+# optimizer.name -> the keys its optimiser reads (training/optimizers.py; tests check the names).
+OPTIMIZER_KEYS = {
+    "caffe_sgd": ("learning_rate", "momentum", "weight_decay", "stage1_multipliers", "other_multipliers",
+                  "decay_every", "decay_factor"),
+    "adam": ("learning_rate", "warmup_steps", "decay_steps"),
+}
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(low: int, note: str = ""):
+    return (lambda v: _is_integer(v) and v >= low), f"must be an integer >= {low}{note}"
+
+
+def _number(low: float, high: float = math.inf, shape: str = "[]", note: str = ""):
+    """A finite number between `low` and `high`; `shape`: which ends are allowed ("[)": low, not high)."""
+    def ok(v) -> bool:
+        return (_is_number(v) and (low <= v if shape[0] == "[" else low < v)
+                and (v <= high if shape[1] == "]" else v < high))
+    if high == math.inf:
+        return ok, f"must be a number {'>=' if shape[0] == '[' else '>'} {low:g}{note}"
+    return ok, f"must be a number in {shape[0]}{low:g}, {high:g}{shape[1]}{note}"
+
+
+def _pair(test, want: str):
+    return (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and test(v[0], v[1])), want
+
+
+SWITCH = ((lambda v: isinstance(v, bool)), "must be True or False (a bool)")
+MULTIPLIERS = _pair(lambda w, b: _number(0)[0](w) and _number(0)[0](b), "must be (weights, biases), two numbers >= 0")
+# Every number and switch of a config: key, the value the code uses when it is absent (REQUIRED:
+# none), (test, what is allowed). `validate` checks those of every section the config has (of
+# optimizer, the keys OPTIMIZER_KEYS gives for its name).
+NUMBERS = (
+    ("seed", REQUIRED, _integer(0)),
+    ("model.dropout_rate", REQUIRED, _number(0, 1, "[)")),
+    ("data.skip_bad_examples", False, SWITCH),
+    ("data.max_skipped_fraction", 0.1, (_number(0, 1)[0], "must be a fraction in [0, 1] (of an epoch's examples)")),
+    ("data.person_height", REQUIRED, _number(0, shape="()", note=" (of the input size)")),
+    ("data.scale_range", REQUIRED, _pair(lambda low, high: _number(0, shape="()")[0](low) and _is_number(high)
+                                         and low <= high, "must be (low, high) with 0 < low <= high")),
+    ("data.max_rotation", REQUIRED, _number(0, 180, note=" (degrees)")),
+    ("data.flip_probability", REQUIRED, _number(0, 1)),
+    ("data.target_sigma", REQUIRED, _number(0, shape="()", note=" (input pixels)")),
+    ("data.center_sigma", 21.0, _number(0, shape="()", note=" (input pixels)")),
+    ("data.num_heldout", 0, _integer(0, " (0: the whole split)")),
+    ("data.heldout_every", 0, _integer(0, " (0: no held-out split)")),
+    ("data.synthetic_image_size", 160, _integer(32, " (pixels: the synthetic figures' smallest canvas)")),
+    ("data.synthetic_seed", 0, _integer(0)),
+    ("loss.intermediate_supervision", True, SWITCH),
+    ("optimizer.learning_rate", REQUIRED, _number(0, shape="()")),
+    ("optimizer.momentum", REQUIRED, _number(0, 1, "[)")),
+    ("optimizer.weight_decay", REQUIRED, _number(0)),
+    ("optimizer.stage1_multipliers", REQUIRED, MULTIPLIERS),
+    ("optimizer.other_multipliers", REQUIRED, MULTIPLIERS),
+    ("optimizer.decay_every", REQUIRED, _integer(1, " (steps)")),
+    ("optimizer.decay_factor", REQUIRED, _number(0, 1, "(]")),
+    ("optimizer.warmup_steps", REQUIRED, _integer(0, " (steps)")),
+    ("optimizer.decay_steps", REQUIRED, _integer(1, " (steps)")),
+    ("training.global_batch_size", REQUIRED, _integer(1)),
+    ("training.num_steps", REQUIRED, _integer(1)),
+    ("training.eval_batch_size", REQUIRED, _integer(1)),
+    ("training.log_every", REQUIRED, _integer(1, " (steps between log lines)")),
+    ("training.checkpoint_every", REQUIRED, _integer(1)),
+    ("training.keep_checkpoints", REQUIRED, _integer(1, " (0 would keep no checkpoint to resume from)")),
+    ("training.eval_every", REQUIRED, _integer(0, " (steps between held-out evaluations; 0: only at the end)")),
+    ("training.gradient_histogram_every", 0, _integer(0, " (steps per histogram period; 0 = off)")),
+    ("training.num_visualized", REQUIRED, _integer(1, " (crops drawn in skeletons.png)")),
+)
+
+
+def _check_numbers(config: ml_collections.ConfigDict, check) -> None:
+    """NUMBERS, for the sections `config` has; the optimiser's keys by its name."""
+    optimizer = config.get("optimizer")
+    if isinstance(optimizer, ml_collections.ConfigDict):
+        check(optimizer.get("name") in OPTIMIZER_KEYS, "optimizer.name", optimizer.get("name"),
+              f"unknown; known: {', '.join(OPTIMIZER_KEYS)}")
+    for key, default, (ok, want) in NUMBERS:
+        section, _, name = key.rpartition(".")
+        node = config.get(section) if section else config
+        if not isinstance(node, ml_collections.ConfigDict):
+            continue
+        if section == "optimizer" and name not in OPTIMIZER_KEYS[node.name]:
+            continue
+        value = node.get(name, None if default is REQUIRED else default)
+        check(ok(value), key, tuple(value) if isinstance(value, list) else value, want)
+    if isinstance(optimizer, ml_collections.ConfigDict) and optimizer.name == "adam":
+        check(optimizer.decay_steps > optimizer.warmup_steps, "optimizer.decay_steps", optimizer.decay_steps,
+              f"must be > optimizer.warmup_steps = {optimizer.warmup_steps} (the cosine decay ends at "
+              "decay_steps, warm-up included)")
+
+
 def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None) -> None:
     """Raises `errors.ConfigError` naming the key, the value and what is allowed, for any value
     the code cannot honour: `config.model.input_size = 30: must be a positive multiple of 8 ...`.
@@ -137,11 +238,14 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
     skips the data checks (model-only tools such as `summary`). With the registry, the files
     the `splits` read (default: every split of the dataset; training reads "train" and scores
     the evaluation split) must be set and exist (`registry.check_files`): a missing path fails
-    at once, before any JAX or TensorFlow work."""
+    at once, before any JAX or TensorFlow work. Every number and switch of the sections the config
+    has is checked for its type and range (NUMBERS): `config.training.log_every = 0: must be an
+    integer >= 1 ...`."""
     if not isinstance(config, ml_collections.ConfigDict):
         raise errors.ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict "
                                  "(a config file's get_config() starts from configs.paper_config(...))")
-    for section in ("model",) + (("data",) if known_datasets is not None or "training" in config else ()):
+    for section in ("model",) + (("data",) if known_datasets is not None or "training" in config else ()) + (
+            ("optimizer",) if "training" in config else ()):
         if not isinstance(config.get(section), ml_collections.ConfigDict):
             raise errors.ConfigError(f"config.{section} is missing (configs.paper_config(...) has every section)")
 
@@ -158,6 +262,7 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
     def integer(value, low: int = 1) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
+    _check_numbers(config, check)   # every number and switch: type and range
     m = config.model
     check(integer(m.get("num_stages")), "model.num_stages", m.get("num_stages"), "must be an integer >= 1")
     check(integer(m.get("num_parts")), "model.num_parts", m.get("num_parts"), "must be an integer >= 1")
@@ -166,7 +271,6 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
     for key in ("trunk_kernel", "stage1_kernel", "stage_kernel", "trunk_features",
                 "bottleneck_features", "stage1_features", "stage_features"):
         check(integer(m.get(key)), f"model.{key}", m.get(key), "must be an integer >= 1")
-    check(lambda: 0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", m.get("dropout_rate"), "must be in [0, 1)")
     for key in ("kernel_init", "output_init"):
         check(m.get(key) in KERNEL_INIT_NAMES, f"model.{key}", m.get(key), f"unknown; known: {', '.join(KERNEL_INIT_NAMES)}")
     check(m.get("dtype", "float32") in DTYPES + (AUTO_DTYPE,), "model.dtype", m.get("dtype"),
@@ -186,25 +290,16 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
         check(lambda: dataset.read is not None or d.num_heldout >= 1, "data.num_heldout", d.get("num_heldout"),
               "must be >= 1 for an endless (synthetic) dataset")
         every = d.get("heldout_every", 0)
-        check(integer(every, 0), "data.heldout_every", every, "must be an integer >= 0 (0: no held-out split)")
         check(not every or (dataset.read is not None and "heldout" in dataset.splits), "data.heldout_every", every,
               f"dataset {d.dataset!r} has no held-out split to set aside (lspet has)")
         check(not every or d.get("source", "files") == "files", "data.heldout_every", every,
               "needs data.source='files' (a TFDS build holds the whole training split)")
         check(d.get("eval_split") != "heldout" or every or dataset.read is None, "data.eval_split", "heldout",
               "needs data.heldout_every >= 1 (which people to hold out)")
-        check(lambda: 0.0 <= float(d.get("max_skipped_fraction", 0.1)) <= 1.0
-              and not isinstance(d.get("max_skipped_fraction", 0.1), bool),
-              "data.max_skipped_fraction", d.get("max_skipped_fraction"),
-              "must be a fraction in [0, 1] (of an epoch's examples)")
         if getattr(dataset, "files", None):
             registry.check_files(d, splits, dataset)
     if "training" in config:
         t = config.training
-        for key in ("global_batch_size", "num_steps", "checkpoint_every"):
-            check(integer(t.get(key)), f"training.{key}", t.get(key), "must be an integer >= 1")
-        check(integer(t.get("gradient_histogram_every", 0), 0), "training.gradient_histogram_every",
-              t.get("gradient_histogram_every"), "must be an integer >= 0 (steps per histogram period; 0 = off)")
         check(t.get("nonfinite", "stop") in NONFINITE, "training.nonfinite", t.get("nonfinite"),
               f"must be one of {', '.join(map(repr, NONFINITE))}")
         check(t.get("scheme", "joint") in SCHEMES, "training.scheme", t.get("scheme"),
@@ -221,11 +316,3 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
         for key, empty in (("init_from", ""), ("frozen", ())):
             check(t.get("scheme", "joint") == "joint" or not t.get(key, empty), f"training.{key}", t.get(key),
                   f"must be empty with training.scheme = {t.get('scheme')!r} (its phases set it)")
-        d = config.data
-        check(lambda: len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range",
-              tuple(d.get("scale_range") or ()), "must be (low, high) with 0 < low <= high")
-        check(lambda: 0.0 <= d.flip_probability <= 1.0, "data.flip_probability", d.get("flip_probability"),
-              "must be in [0, 1]")
-        check(lambda: d.max_rotation >= 0, "data.max_rotation", d.get("max_rotation"), "must be >= 0 (degrees)")
-        check(lambda: d.person_height > 0, "data.person_height", d.get("person_height"), "must be > 0")
-        check(lambda: d.target_sigma > 0, "data.target_sigma", d.get("target_sigma"), "must be > 0 (input pixels)")

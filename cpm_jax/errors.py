@@ -49,6 +49,11 @@ class InputError(UserError, ValueError):
     """A command-line value or a user's own image that cannot be used; the message names it."""
 
 
+class OutputError(UserError, OSError):
+    """A place results cannot be written to (a read-only directory, a file where a directory
+    belongs, a full disk); the message names the path and the reason (cpm_jax/outputs.py)."""
+
+
 class DivergenceError(UserError, ArithmeticError):
     """Training produced a non-finite loss or gradient (`training.nonfinite = "stop"`); the
     message names the step and the stage(s), and the newest checkpoint, which holds no bad state."""

@@ -136,7 +136,7 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
 
     import jax
 
-    from cpm_jax import configs, progress
+    from cpm_jax import configs, outputs, progress
     from cpm_jax.evaluation import evaluators, multiscale, prediction_files
     from cpm_jax.model import pretrained
     from cpm_jax.training import state
@@ -145,6 +145,13 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
     configs.validate(config, registry.DATASETS, splits=(split or registry.eval_split(config.data),))
     chosen = multiscale.parse_stages(stages, config.model.num_stages)
     options = dataclasses.replace(options or multiscale.Options(), stages=chosen)
+    files_root = workdir if pretrained_name is None else os.path.join(
+        "runs", "pretrained", os.path.basename(pretrained.paths(pretrained_name)[0])[:-4])
+    if out is None and (pretrained_name is not None or os.path.isdir(workdir)):  # before the evaluation
+        outputs.check_directory(os.path.join(files_root, "predictions"), "the prediction files' directory",
+                                fix="--out FILE writes them elsewhere")
+    for path in ([] if out is None else _stage_paths(out, files_root, "", "", chosen).values()):
+        outputs.check_file(path, "--out")
     meter = {}
 
     def on_progress(done, total):
@@ -156,11 +163,10 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
     evaluator = evaluators.MultiScaleEvaluator(config, split, count, options, person, workers, on_progress)
     if pretrained_name is None:
         variables, step = state.restore_params(workdir, config)
-        origin, files_root, checkpoint = workdir, workdir, f"{os.path.abspath(workdir)} step {step}"
+        origin, checkpoint = workdir, f"{os.path.abspath(workdir)} step {step}"
     else:
         _, variables, record = pretrained.load(pretrained_name)
         step, origin = record["source"]["step"], f"pretrained model {pretrained_name}"
-        files_root = os.path.join("runs", "pretrained", os.path.basename(pretrained.paths(pretrained_name)[0])[:-4])
         checkpoint = f"{origin} step {step}"
     print(f"evaluate run: {config.data.dataset} {evaluator.split}: {evaluator.count} examples, checkpoint "
           f"step {step} of {origin}, devices {jax.devices()}", file=sys.stderr, flush=True)
@@ -173,13 +179,26 @@ def run_workdir(config, workdir: str | None, split: str | None = None, stages: s
             "subpixel": str(options.subpixel), "person": evaluator.person}
     files = _stage_paths(out, files_root, result.dataset, result.split, chosen)
     for k, t in enumerate(chosen):
-        os.makedirs(os.path.dirname(os.path.abspath(files[t])), exist_ok=True)
-        files[t] = prediction_files.write(files[t], p.pred[:, k], result.dataset, result.split, t, p.index,
-                                          p.peak[:, k], names, **info)
+        with outputs.writing(files[t]):
+            os.makedirs(os.path.dirname(os.path.abspath(files[t])), exist_ok=True)
+            files[t] = prediction_files.write(files[t], p.pred[:, k], result.dataset, result.split, t, p.index,
+                                              p.peak[:, k], names, **info)
     procedure = {"scales": list(options.scales), "flip": options.flip, "subpixel": options.subpixel,
                  "person": evaluator.person, "batch_size": options.batch_size}
     from cpm_jax.evaluation import scoring
     return scoring.run_report(result, origin, step, procedure, files)
+
+
+def missing_workdir(workdir: str) -> str | None:
+    """What `run` says of a --workdir that holds no trained model at all (no such directory, or
+    neither config.json nor checkpoints/ in it), with what to do; None otherwise."""
+    fix = (f"check the path, train a model there first (python -m cpm_jax.train --config EXPERIMENT.py "
+           f"--workdir {workdir}), or evaluate a shipped model with --pretrained NAME (pretrained/*.npz)")
+    if not os.path.isdir(workdir):
+        return f"--workdir {workdir}: no such directory; {fix}"
+    if not any(os.path.exists(os.path.join(workdir, name)) for name in ("config.json", "checkpoints")):
+        return f"--workdir {workdir}: not a training workdir (no config.json, no checkpoints/); {fix}"
+    return None
 
 
 def _define_run_flags(argv) -> Callable:
@@ -213,10 +232,13 @@ def _define_run_flags(argv) -> Callable:
             if early.pretrained:
                 saved = ml_collections.ConfigDict(pretrained.read_info(early.pretrained)["config"])
             elif early.workdir:
+                missing = missing_workdir(early.workdir)
+                if missing:
+                    raise errors.NoCheckpointError(missing)
                 saved = checkpointing.read_config(early.workdir)
         except errors.CheckpointError as error:
-            saved_error = error if early.pretrained else errors.CheckpointError(
-                f"{error}; pass the experiment with --config")
+            keep = early.pretrained or isinstance(error, errors.NoCheckpointError)   # missing_workdir's
+            saved_error = error if keep else errors.CheckpointError(f"{error}; pass the experiment with --config")
         config_flags.DEFINE_config_dict("config", saved, help_text)
     flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint is evaluated.")
     flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped in pretrained/ by name "
@@ -268,6 +290,8 @@ def run_main(argv, experiment: str | None = None, saved_error: Exception | None 
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if saved_error is not None:
         raise saved_error
+    if FLAGS.workdir and missing_workdir(FLAGS.workdir):      # with --config
+        raise errors.NoCheckpointError(missing_workdir(FLAGS.workdir))
     from cpm_jax.model import pretrained
     config = FLAGS.config
     trained = pretrained.read_info(FLAGS.pretrained)["config"] if FLAGS.pretrained else None

@@ -5,26 +5,28 @@
     python -m cpm_jax.predict --pretrained lspet_cpu photo.jpg ...    # a model shipped in pretrained/
 
 Runs the release's multi-scale test (cpm_jax/evaluation/multiscale.py; docs/paper_notes.md
-section 5) on each image and prints ONE JSON object on stdout (its fields: `predict_images`): per
-image the centre, the zoom, and each joint's name, x, y and belief. x, y: 0-based pixels of the
-image as stored (the centre of the top-left pixel is (0, 0)); belief: the part's belief at that
-pixel, averaged over the scales (about 1 for a confident prediction, near 0 for none). For every
-image a PNG `<out>/<image stem>_pose.png` shows the skeleton with joint names and the belief maps
-stage by stage; each image prints a progress line on stderr.
+section 5) on each image and prints ONE JSON object on stdout (fields: `predict_images`): per image
+the centre, the zoom, each joint's name, x, y (0-based pixels of the image as stored) and belief
+(the part's belief there, averaged over the scales: about 1 if confident, near 0 for none). Each
+image gets a PNG `<out>/<stem>_pose.png` (the skeleton and each stage's beliefs, drawn on the image
+the network saw) and a progress line on stderr. The model is single-person: where the beliefs say
+otherwise (evaluation/single_person.py: weak, parts with two distant peaks, limbs too long for one
+person, as with two people side by side), one `predict: warning:` line names the image and
+--center/--scale, the image's JSON lists it in "warnings", and the exit status stays 0.
 
-Where to look (`multiscale.place_person`): without --center and --scale the person is assumed
-centred and as tall as the image, as the release's LSP test did (centre = image centre, base zoom
-0.8 x input size / image height). --center X,Y: the person's centre in pixels; --scale S: the
-person's size in pixels (the records' scale, 200 x MPII's scale unit: about the person's height),
-giving the training zoom config.data.person_height x input size / S. Both apply to every image.
-A photo larger than --max_image_side px (default 1024) on its longer side is first resized
-(bicubic, antialiased) to that size; the joints are mapped back to the photo's own pixels.
+Where to look (`multiscale.place_person`): by default the person is centred and as tall as the
+image (the release's LSP rule: zoom 0.8 x input size / image height); --center X,Y: their centre,
+--scale S: their size (about their height, the records' scale; zoom config.data.person_height x
+input size / S), in px, for every image. A photo over --max_image_side px (default 1024) is resized
+to it first (a JPEG decoded at 1/2..1/8 size where it can); joints are in the photo's own pixels.
 
 Errors (a missing or undecodable image, a centre outside the image, an image under 16 px, a
-workdir without a checkpoint or config.json) print a message naming the file or directory and
-exit with status 1 (a traceback with -v 1).
+workdir without a checkpoint or config.json, an --out that cannot be written: checked first) print
+a message naming the file or directory and exit with status 1 (a traceback with -v 1).
 """
+import io
 import json
+import math
 import os
 import sys
 import time
@@ -33,7 +35,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from cpm_jax import errors
+from cpm_jax import errors, outputs
 
 FLAGS = flags.FLAGS
 MAX_IMAGE_SIDE = 1024     # px: larger photos are resized first (the network sees < 400 px of a person)
@@ -49,17 +51,61 @@ def parse_center(text: str) -> tuple[float, float]:
     return x, y
 
 
-def load_image(path: str) -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file; InputError (missing) or BadExampleError
-    (undecodable) naming the file."""
-    from data_pipelines import sources
+def _read(path: str) -> bytes:
     if not os.path.exists(path):
         raise errors.InputError(f"{path}: no such image file")
     if not os.path.isfile(path):
         raise errors.InputError(f"{path}: is a directory, not an image file")
     with open(path, "rb") as f:
-        data = f.read()
-    return sources.decode_image(data, path)
+        return f.read()
+
+
+def load_image(path: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of an image file; InputError (missing) or BadExampleError
+    (undecodable) naming the file."""
+    from data_pipelines import sources
+    return sources.decode_image(_read(path), path)
+
+
+def load_photo(path: str, max_side: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """(the photo as `shrink(image, max_side)` gives it, its own (width, height), the (x, y) ratio
+    of that image's px to the photo's: photo px p -> (p + 0.5) x ratio - 0.5). Errors as
+    `load_image`. A photo over `max_side` px is resized as PIL decoded it, without NumPy copies of
+    the full size; a JPEG is even decoded at 1/2, 1/4 or 1/8 of its size where that still has
+    `max_side` px (PIL's `draft`: the DCT's own scaling), so its full size is never held."""
+    from data_pipelines import sources
+    data = _read(path)
+    reduced = _decode_reduced(data, max_side)
+    if reduced is not None:
+        return reduced
+    image = sources.decode_image(data, path)
+    small, ratio = shrink(image, max_side)
+    return small, (image.shape[1], image.shape[0]), ratio
+
+
+def _decode_reduced(data: bytes, max_side: int):
+    """`load_photo`'s answer for a photo over `max_side` px; None for a smaller one, a 16-bit
+    one (`decode_image`'s rule) or any failure (`decode_image` then names the file and why)."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if max(width, height) <= max_side or image.mode.startswith("I"):
+                return None
+            scale = 1.0
+            if image.format == "JPEG":
+                ratio = max_side / max(width, height)
+                drafted = image.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
+                if drafted is not None:
+                    scale = width / drafted[1][2]       # its box: the photo's extent in decoded px
+            image.load()                                # a truncated file raises here
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            ratio = max_side / max(rgb.size)
+            size = (max(1, round(rgb.width * ratio)), max(1, round(rgb.height * ratio)))
+            small = np.asarray(rgb.resize(size, Image.Resampling.BICUBIC))
+            return small, (width, height), np.array([size[0] / rgb.width, size[1] / rgb.height]) / scale
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
 
 
 def shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +130,13 @@ def _picture_path(out: str, image_path: str, taken: set) -> str:
     return path
 
 
+def _not_one_person(evidence, placed_by_rule: bool) -> str:
+    """The warning for a prediction whose beliefs say it is not one person where the model looked."""
+    advice = ("give one person's centre and height in px: --center X,Y --scale PX" if placed_by_rule
+              else "check that --center X,Y --scale PX point at one person")
+    return f"may not show one person ({'; '.join(evidence.reasons())}): the model is single-person; {advice}"
+
+
 def predict_images(workdir: str | None, paths: list[str], center: tuple[float, float] | None = None,
                    scale: float | None = None, out: str = "predict_out", options=None,
                    max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None,
@@ -98,9 +151,11 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
        "subpixel", "gallery" (the --gallery PNG or null),
        "images": [{"image", "width", "height", "center" [x, y], "base_factor", "person" (how the
                    centre and size were chosen), "picture" (the PNG),
-                   "joints": [{"name", "x", "y", "belief"}, ...]}]}"""
+                   "joints": [{"name", "x", "y", "belief"}, ...],
+                   "single_person" (single_person.Evidence: "mean_belief", "two_peak_parts",
+                   "long_limbs"), "warnings" (the lines warned about the image, [] if none)}]}"""
     from cpm_jax import visualize
-    from cpm_jax.evaluation import multiscale
+    from cpm_jax.evaluation import multiscale, single_person
     from cpm_jax.model import pretrained
     from cpm_jax.training import checkpointing, state
     from data_pipelines import registry
@@ -112,14 +167,20 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
         raise errors.InputError("give the model with exactly one of --workdir DIR and --pretrained NAME")
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise errors.InputError(f"--scale {scale}: the person's size in pixels must be > 0")
+    outputs.check_directory(out, "--out")                 # before the model loads
+    if gallery:
+        if not gallery.lower().endswith(".png"):
+            raise errors.InputError(f"--gallery {gallery}: the gallery is a PNG; give a path ending in .png")
+        outputs.check_file(gallery, "--gallery")
     if workdir is not None:
         checkpointing.open_latest(workdir)                # NoCheckpointError naming the directory
         config = checkpointing.read_config(workdir)      # CheckpointError naming config.json
     else:
         config = ml_collections.ConfigDict(pretrained.read_info(pretrained_name)["config"])
-    images = [load_image(p) for p in paths]               # fail on a bad file before the model loads
+    # Each photo at most max_image_side px, decoded before the model loads (a bad file fails first).
+    photos = [load_photo(p, max_image_side) for p in paths]
     size = config.model.input_size
-    placed = [multiscale.place_person(image.shape, config.data, size, center, scale) for image in images]
+    placed = [multiscale.place_person((h, w), config.data, size, center, scale) for _, (w, h), _ in photos]
     if workdir is not None:
         variables, step = state.restore_params(workdir, config)
     else:                                                 # CheckpointError: missing, corrupt
@@ -134,20 +195,25 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
     order = registry.get(config.data.dataset).skeleton
     os.makedirs(out, exist_ok=True)
     results, taken = [], set()
-    for k, (path, image, (person, how)) in enumerate(zip(paths, images, placed), 1):
+    for k, (path, (small, (width, height), ratio), (person, how)) in enumerate(zip(paths, photos, placed), 1):
         started = time.perf_counter()
-        height, width = image.shape[:2]
-        small, ratio = shrink(image, max_image_side)
-        note = "" if small is image else f", resized to {small.shape[1]}x{small.shape[0]}"
+        note = "" if small.shape[:2] == (height, width) else f", resized to {small.shape[1]}x{small.shape[0]}"
         log(f"predict: [{k}/{len(paths)}] {path} ({width}x{height}{note})")
         # The same placement in the resized image's pixels (centre px p -> (p + 0.5) r - 0.5).
         where = multiscale.Person(tuple((np.asarray(person.center) + 0.5) * ratio - 0.5),
                                   person.base_factor / float(ratio[1]))
-        joints, peak, maps, _ = predictor.predict_with_maps(small, where, max_side)
-        joints = (joints + 0.5) / ratio - 0.5                 # back to the photo's own pixels
+        shown, peak, maps, map_ratio = predictor.predict_with_maps(small, where, max_side)
+        # Back to the photo's own pixels (inside it: a JPEG decoded at 1/s may pad its last block).
+        joints = np.clip((shown + 0.5) / ratio - 0.5, 0, [width - 1, height - 1])
+        evidence = single_person.check(maps[-1], peak[-1], (shown[-1] + 0.5) * map_ratio - 0.5,
+                                       size / where.base_factor * map_ratio, order)
+        warnings = [_not_one_person(evidence, center is None or scale is None)] if evidence.reasons() else []
+        for warning in warnings:
+            log(f"predict: warning: {path}: {warning}")
         picture = _picture_path(out, path, taken)
-        visualize.pose_and_beliefs(image, joints, maps, picture, order, stages=predictor.stages,
-                                   title=f"{os.path.basename(path)}: stage {num_stages}")
+        with outputs.writing(picture):                    # drawn on the image the network saw
+            visualize.pose_and_beliefs(small, shown, maps, picture, order, stages=predictor.stages,
+                                       title=f"{os.path.basename(path)}: stage {num_stages}")
         log(f"predict: [{k}/{len(paths)}] done in {time.perf_counter() - started:.1f}s -> {picture}")
         results.append({
             "image": path, "width": int(width), "height": int(height),
@@ -155,9 +221,11 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
             "base_factor": float(person.base_factor), "person": how, "picture": picture,
             "joints": [{"name": name, "x": float(x), "y": float(y), "belief": float(b)}
                        for name, (x, y), b in zip(order.joint_names, joints[-1], peak[-1])],
+            "single_person": evidence.as_dict(), "warnings": warnings,
         })
     if gallery:
-        visualize.stack_pictures([r["picture"] for r in results], gallery)
+        with outputs.writing(gallery):
+            visualize.stack_pictures([r["picture"] for r in results], gallery)
         log(f"predict: wrote the gallery {gallery}")
     return {"workdir": workdir, "pretrained": pretrained_name, "checkpoint_step": int(step),
             "dataset": config.data.dataset,

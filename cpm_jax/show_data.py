@@ -18,11 +18,11 @@ import os
 
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from matplotlib.figure import Figure  # drawn without pyplot, as in visualize.py
 from ml_collections import config_flags
 
-from cpm_jax import cli, configs, errors, runtime, visualize
+from cpm_jax import cli, configs, errors, outputs, runtime, visualize
 from data_pipelines import registry, skeleton
 
 
@@ -30,9 +30,19 @@ def read_examples(config: ml_collections.ConfigDict, num: int, start: int = 0) -
     """`num` augmented training examples (numpy) from stream position `start`.
 
     The iterator is used up and dropped here, so no tf.data iterator that calls Python outlives
-    this call (they hang the interpreter's exit)."""
+    this call (they hang the interpreter's exit). With `data.skip_bad_examples`, every example
+    skipped while reading is logged, one line each naming its file and index."""
     from data_pipelines import pipeline  # TensorFlow: imported when needed, so --help stays quick
-    return list(pipeline.numpy_iterator(pipeline.train_examples(config, start).take(num)))
+    source = registry.open_split(config.data, "train")
+    examples = list(pipeline.numpy_iterator(pipeline.train_examples(config, start, source=source).take(num)))
+    log = getattr(source, "bad_examples", None)
+    if log is not None and log.total_skipped:
+        for message in log.skipped:
+            logging.warning("skipped (config.data.skip_bad_examples) %s", message)
+        if log.total_skipped > len(log.skipped):
+            logging.warning("skipped %d bad examples in all, the first %d named above", log.total_skipped,
+                            len(log.skipped))
+    return examples
 
 
 def draw_labelled_joints(ax, joints: np.ndarray, visibility: np.ndarray, order: skeleton.Skeleton,
@@ -111,6 +121,7 @@ def write_pictures(config: ml_collections.ConfigDict, num: int, out: str, start:
         raise errors.InputError(f"--num = {num!r}: must be an integer >= 1")
     if not isinstance(start, int) or start < 0:
         raise errors.InputError(f"--start = {start!r}: must be an integer >= 0")
+    outputs.check_directory(out, "--out")      # before any data is read
     name = config.data.dataset
     order = registry.get(name).skeleton
     examples = read_examples(config, num, start)
@@ -123,10 +134,12 @@ def write_pictures(config: ml_collections.ConfigDict, num: int, out: str, start:
     paths = []
     for example, position in zip(examples, positions):
         path = os.path.join(out, f"example_{position:06d}.png")
-        example_figure(example, name, position, order, path)
+        with outputs.writing(path):
+            example_figure(example, name, position, order, path)
         paths.append(path)
     path = os.path.join(out, "overview.png")
-    contact_sheet(examples, positions, name, order, path)
+    with outputs.writing(path):
+        contact_sheet(examples, positions, name, order, path)
     paths.append(path)
     return paths
 

@@ -11,10 +11,10 @@ tabulated side by side (the paper's Figure 6c: PCK of every stage of 1- to 6-sta
 `--stages 1,2,3` is `--sweep model.num_stages=1,2,3`. The members are the product of the schemes
 and every swept key, in that order (schemes, --stages, then --sweep in command-line order); each
 trains with `schemes.run` in `DIR/<name>`, its name the swept values (`DIR/num_stages=3`,
-`DIR/scheme=ii,num_stages=3`; a key by its last part unless two swept keys share it). Values are
-parsed with the type of the key's value in the config; every member's config is checked
-(`configs.validate`) before anything trains. A finished member (metrics.json of its final step)
-is skipped, an unfinished one resumes (train.py): a killed sweep continues with the same command.
+`DIR/scheme=ii,num_stages=3`; a key by its last part unless two swept keys share it). Values take
+the type of the key's value; before anything trains, every member's config is checked
+(`configs.validate`), and a value given twice or two members of one config fail. A finished
+member is skipped, an unfinished one resumes (train.py): a killed sweep goes on with the same command.
 
 Collecting reads each member's metrics.json (train's `CropEvaluator` result: every stage), or
 evaluates a member's checkpoint at its final step with the same evaluator, and writes to DIR
@@ -26,6 +26,7 @@ tables are written with what exists, then the run fails (exit 1) naming them.
 import csv
 import dataclasses
 import itertools
+import json
 import os
 import re
 import shlex
@@ -34,7 +35,7 @@ import sys
 import ml_collections
 from absl import flags
 
-from cpm_jax import errors
+from cpm_jax import errors, outputs
 
 SCHEME = "scheme"               # the axis of --schemes (schemes.SCHEMES names)
 STAGES = "model.num_stages"     # the axis of --stages
@@ -43,9 +44,11 @@ FILES = ("sweep.csv", "sweep.md", "sweep.png")
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
-    """One swept key (a dotted config key, or SCHEME) and its values, parsed."""
+    """One swept key (a dotted config key, or SCHEME) and its values, parsed; `flag`: the
+    command-line text that gave it ("--stages 1,2", "--sweep model.input_size=96,128")."""
     key: str
     values: tuple
+    flag: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +108,19 @@ def grid(config: ml_collections.ConfigDict, sweeps: list[str], stages: str | Non
         unknown = [n for n in names if n not in schemes.SCHEMES]
         if unknown:
             raise errors.ConfigError(f"--schemes: {', '.join(unknown)} unknown; known: {', '.join(schemes.SCHEMES)}")
-        axes.append(Axis(SCHEME, names))
+        axes.append(Axis(SCHEME, names, f"--schemes {scheme_names}"))
     if stages:
-        axes.append(parse_axis(config, f"{STAGES}={stages}"))
-    axes += [parse_axis(config, spec) for spec in sweeps]
+        axes.append(dataclasses.replace(parse_axis(config, f"{STAGES}={stages}"), flag=f"--stages {stages}"))
+    axes += [dataclasses.replace(parse_axis(config, spec), flag=f"--sweep {spec}") for spec in sweeps]
     keys = [a.key for a in axes]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise errors.ConfigError(f"swept twice: {', '.join(repeated)} (give each key once)")
+    for axis in axes:
+        twice = next((v for i, v in enumerate(axis.values) if v in axis.values[:i]), None)
+        if twice is not None:
+            raise errors.ConfigError(f"{axis.flag}: {_show(twice)} given twice (give each value once: "
+                                     "every value is one member)")
     if not axes:
         raise errors.InputError("nothing to sweep: give --stages, --sweep KEY=V1,V2 or --schemes")
     return axes
@@ -144,6 +152,19 @@ def members(config: ml_collections.ConfigDict, axes: list[Axis]) -> list[Member]
         name = ",".join(f"{names[k]}={_show(v)}" for k, v in values.items())
         out.append(Member(index, name, values, member_config))
     return out
+
+
+def check_distinct(sweep: list[Member], axes: list[Axis]) -> None:
+    """Raises ConfigError naming the flags and both members when two members would train the same
+    config (e.g. --schemes i,iv with --sweep loss.intermediate_supervision=true,false)."""
+    seen = {}
+    for member in sweep:
+        text = json.dumps(member.config.to_dict(), sort_keys=True, default=repr)
+        first = seen.setdefault(text, member)
+        if first is not member:
+            raise errors.ConfigError(f"{' with '.join(a.flag for a in axes)}: members {first.index} ({first.name}) "
+                                     f"and {member.index} ({member.name}) would train the same config (a swept "
+                                     "key that a scheme also sets?); give each grid point once")
 
 
 def evaluate_checkpoint(workdir: str, step: int) -> dict | None:
@@ -312,10 +333,12 @@ def write_tables(sweep: list[Member], axes: list[Axis], workdir: str, command: s
         collected.append((status, report))
     table = rows(sweep, collected)
     csv_path, md_path, png_path = (os.path.join(workdir, f) for f in FILES)
-    write_csv(table, csv_path)
-    with open(md_path, "w") as f:
+    with outputs.writing(csv_path):
+        write_csv(table, csv_path)
+    with outputs.writing(md_path), open(md_path, "w") as f:
         f.write(markdown(table, command))
-    plot(table, axes, png_path)
+    with outputs.writing(png_path):
+        plot(table, axes, png_path)
     print(f"sweep: wrote {csv_path}, {md_path}, {png_path}", flush=True)
     return [r["member"] for r in table if r["status"] == "missing"]
 
@@ -331,6 +354,7 @@ def main(argv) -> None:
     from data_pipelines import registry
     axes = grid(FLAGS.config, FLAGS.sweep or [], FLAGS.stages, FLAGS.schemes)
     sweep = members(FLAGS.config, axes)
+    check_distinct(sweep, axes)
     for member in sweep:       # the whole grid, before anything trains
         try:
             configs.validate(member.config, registry.DATASETS)
@@ -339,6 +363,7 @@ def main(argv) -> None:
     if FLAGS.print_commands:
         print("\n".join(member_commands(sys.argv, len(sweep))))
         return
+    outputs.check_directory(FLAGS.workdir, "--workdir")   # before anything trains
     only = None if FLAGS.collect else chosen_member(FLAGS.only, len(sweep))
     if not FLAGS.collect:
         from cpm_jax.training import preemption
@@ -347,7 +372,7 @@ def main(argv) -> None:
                 train_member(member, os.path.join(FLAGS.workdir, member.name), len(sweep))
         except preemption.Preempted as stop:     # asked to stop, checkpoint saved: resume with the same command
             print(stop)
-            return
+            sys.exit(stop.exit_status)           # 0 after SIGTERM, 130 after Ctrl-C, as train
         if only is not None:
             print(f"sweep: member {only} done; --collect writes the tables once every member is", flush=True)
             return

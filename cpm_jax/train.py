@@ -3,13 +3,16 @@
 The job itself is `training.schemes.run` (the paper's training schemes) over
 `training.trainer.train_and_evaluate`; this module is its command line: flags, process set-up,
 joining a multi-host job, and the one-line report. A preempted run (SIGTERM) saves a checkpoint
-and exits 0; the same command continues it.
+and exits 0, an interrupted one (Ctrl-C) exits 130 (a second Ctrl-C: at once, without saving);
+the same command continues it.
 """
+import sys
+
 import jax
 from absl import flags
 from ml_collections import config_flags
 
-from cpm_jax import cli, configs, errors, runtime
+from cpm_jax import cli, configs, errors, outputs, runtime
 from cpm_jax.training import distributed, schemes
 from cpm_jax.training.preemption import Preempted
 from data_pipelines import registry
@@ -18,17 +21,25 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-    runtime.setup()
     if len(argv) > 1:
         raise errors.InputError(f"unexpected arguments: {' '.join(argv[1:])}")
-    configs.validate(FLAGS.config, registry.DATASETS)  # before JAX starts: a bad value fails at once
+    # The user's mistakes first (pure Python, nothing set up yet): a bad value fails at once, alone.
+    configs.validate(FLAGS.config, registry.DATASETS)
+    outputs.check_directory(FLAGS.workdir, "--workdir")  # and a workdir that cannot be written
+    runtime.setup()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)  # logs backend, devices
     try:
         result = schemes.run(FLAGS.config, FLAGS.workdir)
-    except Preempted as stop:  # asked to stop, checkpoint saved: a success (exit 0)
+    except Preempted as stop:  # asked to stop, checkpoint saved: exit 0 (SIGTERM) or 130 (Ctrl-C)
         if jax.process_index() == 0:
-            print(stop)
+            print(stop, flush=True)
+        if stop.exit_status:
+            sys.exit(stop.exit_status)
         return
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before training): stopped at once, the lock released
+        print(f"interrupted (Ctrl-C): stopped at once, nothing more saved; the same command continues from the "
+              f"newest checkpoint in {FLAGS.workdir}, if any", flush=True)
+        sys.exit(130)
     if jax.process_index() != 0:    # one report per job
         return
     metric = result["metric"]

@@ -11,10 +11,10 @@ Batches are dicts of numpy arrays shaped (num_devices, per_device_batch, ...):
 Evaluation batches also carry the original record's joints (`image_joints`), the crop -> image
 map, `index` and a `valid` mask for the padding of the last batch.
 
-Order. Training streams positions 0, 1, 2, ... of this process; step k always gets the same
-examples and augmentation, so a resumed run sees what an uninterrupted one would. A finite split
-is read epoch after epoch, each a fresh permutation drawn statelessly from (seed, epoch); process
-i of n takes every n-th slot, so processes read disjoint examples (size // n per epoch each).
+Order. Step k (from 0) of global batch B reads stream slots kB .. (k+1)B - 1 (process i of n: those
+= i mod n), resumed or not. A finite split's slot g is entry g mod E of the permutation of epoch
+g // E, drawn statelessly from (seed, epoch), E = n x (size // n): processes read disjoint examples
+(size // n per epoch each). An endless split's slot g is example g.
 Augmentation is seeded by (seed, epoch x size + index): new every epoch. Evaluation reads in
 order. Skipped bad examples leave gaps: a resumed run is then exact up to the first of them.
 
@@ -269,11 +269,12 @@ def _label_visibility(record):
 
 
 def train_examples(config: ml_collections.ConfigDict, start: int = 0,
-                   shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
-    """Unbatched augmented training examples from stream position `start` of process `shard`."""
+                   shard: tuple[int, int] = (0, 1), source=None) -> tf.data.Dataset:
+    """Unbatched augmented training examples from stream position `start` of process `shard`;
+    `source`: the training split, already open (default: opened here)."""
     data, size = config.data, config.model.input_size
     dataset = registry.get(data.dataset)
-    source = registry.open_split(data, "train")
+    source = source or registry.open_split(data, "train")
     pooled_center = tf.constant(targets.center_map(size, sigma=data.center_sigma))
 
     def prepare(record):

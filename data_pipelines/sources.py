@@ -56,7 +56,10 @@ class BadExampleLog:
     The run stops (a DataError raised by the load that decides it, which the pipeline hands to
     its consumer) when an epoch has no usable example, or when more than `max_fraction` of an
     epoch's positions are bad: as soon as the count passes the bound, without waiting for the
-    epoch's end. `max_fraction` None: no bound (only the "no usable examples" rule)."""
+    epoch's end. `max_fraction` None: no bound (only the "no usable examples" rule).
+    `total_skipped` counts every skip of the log's life, `skipped` keeps the first KEPT messages."""
+
+    KEPT = 20
 
     def __init__(self, name: str, epoch_size: Optional[int], shown: int = 5):
         self.name, self.epoch_size, self.shown = name, epoch_size, shown
@@ -64,6 +67,7 @@ class BadExampleLog:
         self._lock = threading.Lock()
         self._epochs: dict[int, list] = {}       # epoch -> [loads, bad, first messages]
         self._next_position, self.total_skipped = 0, 0
+        self.skipped: list[str] = []             # the messages of the first KEPT skipped examples
         self._failure: Optional[DataError] = None   # once raised, the stream is over: no more reports
 
     def configure(self, epoch_size: Optional[int], start: int = 0, max_fraction: Optional[float] = None,
@@ -83,6 +87,8 @@ class BadExampleLog:
                 position, self._next_position = self._next_position, self._next_position + 1
             if error is not None:
                 self.total_skipped += 1
+                if len(self.skipped) < self.KEPT:
+                    self.skipped.append(str(error))
             if self._failure is not None:          # loads still in flight after the stop
                 if error is not None:
                     raise DataError(str(self._failure))

@@ -3,6 +3,7 @@ at most 3 lines on stderr naming the key or file; a traceback only with `-v 1`.
 
 Run as a user runs the tools, in subprocesses; nothing is trained (show_data and summary fail
 before reading data or building a model)."""
+import os
 import subprocess
 import sys
 import time
@@ -104,3 +105,32 @@ def test_verbosity_1_shows_the_traceback(tmp_path, args):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("cpm_jax.summary: error: ")
+
+
+RAN = "(while running the config file of --config; -v 1 shows the traceback)"
+
+
+@pytest.mark.parametrize("body, shown", [
+    ('def get_config():\n    raise ValueError("boom")\n', "{path}:2: ValueError: boom " + RAN),
+    ('def get_config():\n    raise KeyError("no \'lsp\' path: set it")\n',
+     "{path}:2: KeyError: no 'lsp' path: set it " + RAN),
+    ('def get_config():\n    raise RuntimeError("caf\\u00e9 \\"x\\"\\nsecond line")\n',
+     '{path}:2: RuntimeError: café "x" ' + RAN),
+    ("def get_config():\n    raise ValueError()\n", "{path}:2: ValueError " + RAN),
+    ('import json\nX = json.load(open("{tmp}/absent.json"))\n',
+     "{path}: FileNotFoundError: [Errno 2] No such file or directory: '{tmp}/absent.json' "
+     "(while running the config file of --config: a file it reads is missing)"),
+])
+def test_an_exception_in_a_config_file_is_one_readable_line(tmp_path, body, shown):
+    """The file, its line where known, the exception's type and message as written (not a repr
+    with escapes), from train (and for the first case from evaluate run); nothing is created."""
+    path = tmp_path / "mine.py"
+    path.write_text(body.replace("{tmp}", str(tmp_path)))
+    workdir = str(tmp_path / "w")
+    tools = [("cpm_jax.train", ["--config", path, "--workdir", workdir]),
+             ("cpm_jax.evaluate", ["run", "--config", path, "--workdir", workdir])]
+    for module, args in tools[:2 if "boom" in body else 1]:
+        result, seconds = run(module, *map(str, args))
+        check_short_error(result, seconds, module)
+        assert result.stderr.strip().splitlines() == [f"{module}: error: " + shown.format(path=path, tmp=tmp_path)]
+    assert sorted(os.listdir(tmp_path)) == ["mine.py"]

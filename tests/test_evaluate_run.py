@@ -101,12 +101,30 @@ def test_an_experiment_config_must_describe_the_trained_network(workdir):
     assert "model.num_stages: 3 (checkpoint: 2)" in result.stderr and str(workdir) in result.stderr
 
 
+@pytest.mark.parametrize("config", [[], ["--config", "tests/tiny_experiment.py"]])
+def test_a_workdir_without_a_model_says_what_to_do(tmp_path, config):
+    """No such directory, or one with neither config.json nor checkpoints/: check the path, train
+    first or use --pretrained (--config cannot help); nothing is created."""
+    fix = ("check the path, train a model there first (python -m cpm_jax.train --config EXPERIMENT.py --workdir {}), "
+           "or evaluate a shipped model with --pretrained NAME (pretrained/*.npz)")
+    (tmp_path / "empty").mkdir()
+    for name, problem in (("missing", "no such directory"), ("empty", "not a training workdir (no config.json, "
+                                                                        "no checkpoints/)")):
+        where = tmp_path / name
+        result = cli("run", "--workdir", where, *config)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"cpm_jax.evaluate: error: --workdir {where}: {problem}; {fix.format(where)}"), result.stderr
+        assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["empty"] and os.listdir(tmp_path / "empty") == []
+
+
 def test_errors_name_the_workdir_or_the_problem(workdir, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = cli("run", "--workdir", empty)
+    trained = tmp_path / "trained_elsewhere"      # checkpoints but no config.json: --config helps
+    (trained / "checkpoints").mkdir(parents=True)
+    result = cli("run", "--workdir", trained)
     assert result.returncode == 1
-    assert f"{empty}/config.json" in result.stderr and "--config" in result.stderr
+    assert f"{trained}/config.json" in result.stderr and "pass the experiment with --config" in result.stderr
     checkpointing.write_config(str(tmp_path / "untrained"), tiny_config())
     with pytest.raises(checkpointing.NoCheckpointError, match=str(tmp_path / "untrained")):
         evaluate.run_workdir(tiny_config(), str(tmp_path / "untrained"), count=1)

@@ -1,13 +1,15 @@
 """`python -m cpm_jax.sweep` as a user runs it: the tables of a 1- and 2-stage sweep of the tiny
 experiment, resuming after SIGKILL, one member per process (--only, $SLURM_ARRAY_TASK_ID) then
---collect, --print_commands, and one-line errors for bad --sweep keys and values."""
+--collect, --print_commands, and one-line errors for bad --sweep keys and values and for grid
+points given twice."""
 import csv
 import os
+import re
 import signal
 
 import pytest
 
-from cpm_jax import sweep
+from cpm_jax import errors, sweep
 from cpm_jax.training import schemes
 from tests import train_cli
 from tests.conftest import tiny_config
@@ -151,3 +153,37 @@ def test_members_are_the_grid_in_order_with_their_values_applied():
     assert (m.model.num_stages, m.model.input_size, m.loss.intermediate_supervision) == (1, 40, False)
     assert m.training.scheme == schemes.SCHEMES["ii"]["training.scheme"]
     assert config.model.num_stages == 2          # the experiment's config is left as it was
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--stages", "1,1"], "--stages 1,1: 1 given twice (give each value once"),
+    (["--stages", "1,2", "--sweep", "model.input_size=32,0032"], "--sweep model.input_size=32,0032: 32 given twice"),
+    (["--schemes", "i,ii,i"], "--schemes i,ii,i: i given twice"),
+    (["--schemes", "i,iv", "--sweep", "loss.intermediate_supervision=true,false"],
+     "--schemes i,iv with --sweep loss.intermediate_supervision=true,false: members 0 "
+     "(scheme=i,intermediate_supervision=true) and 2 (scheme=iv,intermediate_supervision=true) would train "
+     "the same config"),
+])
+def test_a_grid_point_given_twice_fails_before_anything_trains(tmp_path, where, flags, error):
+    cache, logs = where
+    args = train_cli.command(tmp_path, *ARGS[2:], *flags, module="cpm_jax.sweep")
+    with train_cli.running(args, cache, logs, f"twice_{'_'.join(flags)}") as run:
+        assert run.wait() == 1, run.log()[-3000:]
+    last = run.log().strip().splitlines()[-1]
+    assert last.startswith(f"cpm_jax.sweep: error: {error}"), last
+    assert "Traceback" not in run.log() and "training in" not in run.stdout()
+    assert run.seconds < 30, run.seconds
+    assert os.listdir(tmp_path) == []
+
+
+def test_values_that_parse_alike_are_the_same_grid_point():
+    config = tiny_config()
+    for spec in ("data.flip_probability=0.5,0.50", "training.num_steps=3,+3", "loss.intermediate_supervision=true,1"):
+        with pytest.raises(errors.ConfigError, match=rf"^--sweep {re.escape(spec)}: .* given twice"):
+            sweep.grid(config, [spec], None, None)
+    axes = sweep.grid(config, ["training.scheme=joint,stagewise"], None, "i,ii")
+    with pytest.raises(errors.ConfigError, match=r"^--schemes i,ii with --sweep training.scheme=joint,stagewise: "
+                                                 r"members 0 \(scheme=i,training.scheme=joint\) and 2 "):
+        sweep.check_distinct(sweep.members(config, axes), axes)
+    axes = sweep.grid(config, ["model.input_size=32,40"], "1,2", "i,ii")
+    sweep.check_distinct(sweep.members(config, axes), axes)      # 8 different configs

@@ -167,3 +167,11 @@ def tree_digest(directory) -> dict[str, str]:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def hooked_command(workdir, hook: str, *overrides: str) -> list[str]:
+    """`command` in a process that first calls `tests.train_hooks.<hook>()` (an injected fault;
+    its setting in the environment: CPM_TEST_HOOK_ARG), then runs cpm_jax.train as `python -m` does."""
+    code = (f"import runpy; from tests import train_hooks; train_hooks.{hook}(); "
+            "runpy.run_module('cpm_jax.train', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, "--config", TINY, "--workdir", str(workdir), *overrides]

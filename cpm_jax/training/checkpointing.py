@@ -13,7 +13,8 @@ included, never leaves a step directory that a restart would pick up; the tempor
 such a run leaves behind are removed when the next run opens the manager. A complete step that
 cannot be read later (a file truncated or deleted, a tree of another model) is skipped by
 `restore_newest_readable`, which names it and falls back to the one before (`set_aside` then
-moves it out of the way).
+moves it out of the way). A save that fails (a full disk) or is not kept ends the run with one
+line naming the step and the intact checkpoint before it (`save`, `wait`: save_failures.py).
 """
 import contextlib
 import datetime
@@ -24,6 +25,7 @@ import os
 import shutil
 import socket
 import sys
+import weakref
 
 import jax
 import ml_collections
@@ -32,6 +34,7 @@ from absl import logging
 
 from cpm_jax import errors
 from cpm_jax.errors import NoCheckpointError
+from cpm_jax.training import save_failures
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -60,26 +63,93 @@ def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.Check
     return ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> None:
-    """Starts writing `state` as step `step` (asynchronously: `mngr.wait_until_finished()`).
+def save(mngr: ocp.CheckpointManager, step: int, state, metrics: dict | None = None) -> bool:
+    """Starts writing `state` as step `step` (asynchronously: `wait(mngr)`); returns whether the
+    manager started the save (only those may be logged as saves). The previous save of `mngr` is
+    waited for first, so that its failure is reported as its own (`wait`).
 
     What is written is a host (numpy) copy: in a multi-process job each process holds the
     replicated state on its own devices, arrays Orbax cannot save as they are ("Cannot serialize
     host local jax.Array"); every process calls `save` with its copy and Orbax's process 0 writes."""
-    mngr.save(step, args=ocp.args.StandardSave(jax.device_get(state)), metrics=metrics, force=True)
+    wait(mngr)
+    host = jax.device_get(state)
+    size = sum(int(getattr(leaf, "nbytes", 8)) for leaf in jax.tree.leaves(host))
+    save_failures.quiet_orbax_echoes()
+    try:
+        saved = bool(mngr.save(step, args=ocp.args.StandardSave(host), metrics=metrics, force=True))
+    except Exception as error:  # Orbax and TensorStore raise many types; name the step whatever they are.
+        raise save_failures.failed(mngr, step, size, error, _reason(error)) from error
+    if saved:
+        _in_flight[mngr] = (step, size)
+    return saved
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+    """Waits for the save of `mngr` in flight. CheckpointError in one line if it failed (the step,
+    the reason, the newest intact checkpoint; for a full disk, the space it needs) or if its step
+    is not on disk after it (a manager that keeps none)."""
+    step, size = _in_flight.pop(mngr, (None, 0))
+    try:
+        mngr.wait_until_finished()
+    except Exception as error:
+        if step is None:
+            raise
+        raise save_failures.failed(mngr, step, size, error, _reason(error)) from error
+    if step is not None and step not in mngr.all_steps():
+        raise save_failures.removed(mngr, step)
+
+
+def ensure_saved(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Waits for the save in flight (`wait`); CheckpointError unless checkpoint `step` is on disk."""
+    wait(mngr)
+    if step not in mngr.all_steps():
+        raise save_failures.not_saved(mngr, step)
+
+
+def full_disk(mngr: ocp.CheckpointManager, error: BaseException) -> errors.CheckpointError:
+    """The error a run ends with when a write found the disk full (`save_failures.no_space`):
+    the failure of the save in flight, if any (it names the step), else `error`'s, in one line
+    with the newest intact checkpoint."""
+    try:
+        wait(mngr)
+    except errors.CheckpointError as failed:
+        return failed
+    return save_failures.disk_full(mngr, _reason(error))
+
+
+@contextlib.contextmanager
+def closing(mngr: ocp.CheckpointManager):
+    """`mngr` for the block, closed after it once its save in flight has ended (`wait`). A block
+    that fails or is interrupted keeps its own exception; a failed save is then logged."""
+    try:
+        yield mngr
+    except BaseException:
+        try:
+            wait(mngr)
+        except Exception as error:  # noqa: BLE001  (the block's exception is the one to report)
+            logging.warning("%s", error)
+        mngr.close()
+        raise
+    try:
+        wait(mngr)
+    finally:
+        mngr.close()
+
+
+# The save each manager has in flight: (step, bytes of the state), for `wait`'s messages.
+_in_flight: "weakref.WeakKeyDictionary[ocp.CheckpointManager, tuple[int, int]]" = weakref.WeakKeyDictionary()
 
 
 def save_if_best(mngr: ocp.CheckpointManager, step: int, state, value: float) -> bool:
     """Saves `state` into a `best_manager` if `value` beats the checkpoint there; returns whether
     it did. A step already there (a resumed run evaluating it again) is left as it is."""
-    mngr.wait_until_finished()            # Orbax reads a step's metrics from disk
+    wait(mngr)                            # Orbax reads a step's metrics from disk
     best = mngr.best_step()
     if best == step:
         return False
     if best is not None and value <= (mngr.metrics(best) or {}).get(BEST_METRIC, -float("inf")):
         return False
-    save(mngr, step, state, {BEST_METRIC: float(value)})
-    return True
+    return save(mngr, step, state, {BEST_METRIC: float(value)})
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state):

@@ -1,0 +1,85 @@
+"""Evidence, from one prediction's belief maps, that a photo does not show ONE person where the
+network looked: the CPM is single-person by design (docs/paper_notes.md section 5: one person,
+placed by a centre and a scale), so two people side by side give one skeleton straddling both.
+
+`check` measures three signs, each against a threshold chosen on the shipped lspet_cpu model
+(single held-out LSPET photos against composites of two LSPET people pasted side by side):
+weak beliefs (a low mean of the parts' peak beliefs), parts whose map has two strong peaks far
+apart, and limbs too long for one person. Lengths are in units of the window, the side of the
+network's crop at scale 1 in the photo (input size / base zoom): the person is about 0.64 of it.
+"""
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+from data_pipelines import skeleton
+
+# Figures: lspet_cpu on 458 single held-out LSPET photos / 179 two-person composites.
+# Weak: below it 1.7% of single photos (their 1st percentile 0.155), 8.4% of composites.
+WEAK_MEAN_BELIEF = 0.16
+# A second peak of at least 0.7 x the part's maximum: weaker ones are the model's usual noise.
+TWO_PEAKS_RATIO = 0.7
+# At least 0.4 window apart: a person's own left/right confusions (wrists, ankles) lie closer.
+TWO_PEAKS_DISTANCE = 0.4
+# So many parts with two peaks: 0.9% of single photos, 12.8% of composites (3: 3% / 20%).
+TWO_PEAKS_PARTS = 4
+# A limb over 0.22 window (a third of the person's height): 39% of single photos have one ...
+LONG_LIMB = 0.22
+# ... 4 or more: 4.1% of single photos, 29.6% of composites (3: 10% / 52%). All three: 5.9% / 36%.
+LONG_LIMBS = 4
+PEAK_NEIGHBOURHOOD = 5         # px of the picture's maps: a local maximum is the largest in 5 x 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    mean_belief: float                 # mean over parts of the part's peak belief
+    two_peak_parts: tuple[str, ...]    # parts with two strong peaks far apart
+    long_limbs: tuple[str, ...]        # limbs ("a-b") longer than LONG_LIMB window
+
+    def reasons(self) -> list[str]:
+        """One phrase per sign over its threshold; empty: nothing says it is not one person."""
+        found = []
+        if self.mean_belief < WEAK_MEAN_BELIEF:
+            found.append(f"weak beliefs: mean peak {self.mean_belief:.2f} < {WEAK_MEAN_BELIEF}")
+        if len(self.two_peak_parts) >= TWO_PEAKS_PARTS:
+            found.append(f"{len(self.two_peak_parts)} parts with two distant peaks")
+        if len(self.long_limbs) >= LONG_LIMBS:
+            found.append(f"{len(self.long_limbs)} limbs too long for one person")
+        return found
+
+    def as_dict(self) -> dict:
+        return {"mean_belief": round(self.mean_belief, 4), "two_peak_parts": list(self.two_peak_parts),
+                "long_limbs": list(self.long_limbs)}
+
+
+def two_peak_parts(maps: np.ndarray, window: float, order: skeleton.Skeleton) -> tuple[str, ...]:
+    """Names of the parts whose map (H, W, P) holds a local maximum >= TWO_PEAKS_RATIO x its
+    maximum at least TWO_PEAKS_DISTANCE x `window` (px of the maps) from the arg-max."""
+    found = []
+    for p, name in enumerate(order.joint_names):
+        m = np.asarray(maps[..., p], np.float32)
+        top = float(m.max())
+        if top <= 0:
+            continue
+        local = (m == ndimage.maximum_filter(m, size=PEAK_NEIGHBOURHOOD)) & (m >= TWO_PEAKS_RATIO * top)
+        ys, xs = np.nonzero(local)
+        ty, tx = np.unravel_index(int(m.argmax()), m.shape)
+        if (np.hypot(xs - tx, ys - ty) >= TWO_PEAKS_DISTANCE * window).any():
+            found.append(name)
+    return tuple(found)
+
+
+def long_limbs(joints: np.ndarray, window: float, order: skeleton.Skeleton) -> tuple[str, ...]:
+    """The limbs of `joints` (P, 2) longer than LONG_LIMB x `window` (both in the same px)."""
+    joints = np.asarray(joints, np.float64)
+    return tuple(f"{a}-{b}" for (i, j), (a, b) in zip(order.limb_indices, order.limbs)
+                 if np.hypot(*(joints[i] - joints[j])) > LONG_LIMB * window)
+
+
+def check(maps: np.ndarray, peaks: np.ndarray, joints: np.ndarray, window: float,
+          order: skeleton.Skeleton) -> Evidence:
+    """maps (H, W, P): the last stage's scale-averaged part beliefs; peaks (P,): each part's peak
+    belief; joints (P, 2) and `window` in the maps' px."""
+    return Evidence(float(np.mean(peaks)), two_peak_parts(maps, window, order),
+                    long_limbs(joints, window, order))
