@@ -45,6 +45,7 @@ assert len(MPII_IDS) == skeleton.NUM_JOINTS
 _PROJECT_INDEX = {mpii_id: j for j, mpii_id in enumerate(MPII_IDS)}
 SPLITS = ("train", "valid")
 
+
 @dataclasses.dataclass(frozen=True)
 class Person:
     """One annotated person of the release, in 0-based pixels and the project's joint order."""

@@ -52,6 +52,8 @@ def stage_parameter_groups(num_stages: int) -> list[tuple[str, ...]]:
         groups.append(("trunk", "stage2"))
     groups += [(f"stage{t}",) for t in range(3, num_stages + 1)]
     return groups
+
+
 # The network's input: RGB values v in 0..255 fed as v / 256 - 0.5 (docs/paper_notes.md section 1).
 PIXEL_SCALE, PIXEL_OFFSET = 256.0, 0.5
 

@@ -158,6 +158,7 @@ def at_path(tree, path: tuple[str, ...]):
 
 _SUBMODULES = ("layers", "features", "head")  # the LayerStack names, input side first
 
+
 def first_and_last_convs(params) -> dict[str, tuple[str, ...]]:
     """{"stage<t>_first": path, "stage<t>_last": path}: the kernels of the first and last
     convolution of every stage, in the order the input meets them, by this module's names, e.g.

@@ -73,12 +73,15 @@ class HeldOut:
         visualize.learning_curve([rows[k] for k in sorted(rows)],
                                  os.path.join(os.path.dirname(self.history), "learning_curve.png"))
 
+
 HISTORY = "heldout.jsonl"      # one line per held-out evaluation: step, metric, per-stage scores
+
 
 def log_evaluation(step: int, result: "evaluators.Result") -> None:
     for t, s in zip(result.stages, result.per_stage):
         parts = " ".join(f"{k} {v:.2f}" for k, v in s["parts"].items() if v is not None)
         logging.info("step %d: held-out %s stage %d: %.3f  (%s)", step, result.label, t, s["total"], parts)
+
 
 def make_report(step: int, result: "evaluators.Result", pictures: list[str]) -> dict:
     """What `<workdir>/metrics.json` holds: the evaluator's result at `step` (fractions) and the pictures."""
@@ -89,6 +92,7 @@ def make_report(step: int, result: "evaluators.Result", pictures: list[str]) -> 
         "parts_per_stage": [r["parts"] for r in result.per_stage],
         "final_stage": result.per_stage[-1], "pictures": pictures,
     }
+
 
 def check_heldout_examples(config: ml_collections.ConfigDict) -> None:
     """Reads every example the held-out evaluations score (the evaluation split's first

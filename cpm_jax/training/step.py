@@ -20,6 +20,7 @@ from cpm_jax.training import gradients
 
 AXIS = "batch"  # the devices' axis of the data-parallel step (`lax.pmean` over it)
 
+
 def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
                intermediate_supervision: bool, record_gradients: bool = False):
     """One step on this device's share of the batch; gradients and metrics averaged over 'batch'.
@@ -58,6 +59,7 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array,
         metrics["grad_histograms"] = jnp.stack(list(gradients.histograms(grads, convs).values()))
     return new_state, metrics
 
+
 def parallel_train_step(config: ml_collections.ConfigDict):
     """`train_step` over this process's devices (`jax.pmap`, axis AXIS, the state donated):
     (replicated state, batch (devices, B/devices, ...), replicated key) -> (state, metrics);
@@ -66,8 +68,10 @@ def parallel_train_step(config: ml_collections.ConfigDict):
                                       record_gradients=config.training.get("gradient_histogram_every", 0) > 0),
                     axis_name=AXIS, donate_argnums=(0,))
 
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
 
 def replicate(tree):
     """`tree` stacked over this process's devices, (devices, ...), and placed as the step's own
@@ -76,9 +80,11 @@ def replicate(tree):
     (8.8 s for the demo model on 2 cores)."""
     return flax.jax_utils.replicate(tree, axis_name=AXIS)
 
+
 def host_metrics(metrics) -> dict:
     """Device 0's copy of the pmapped step's metrics, as numpy (they are equal on every device)."""
     return jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+
 
 def applied_updates(opt_state) -> int:
     """How many updates the optimiser has applied: the `count` of its schedule state (equal to
@@ -86,6 +92,7 @@ def applied_updates(opt_state) -> int:
     counts = [x for path, x in jax.tree_util.tree_leaves_with_path(opt_state)
               if getattr(path[-1], "name", None) == "count"]
     return int(np.asarray(jax.device_get(counts[0])).reshape(-1)[0])
+
 
 def describe_nonfinite(step: int, metrics: dict) -> str:
     """'step 7: the loss of stage 2 is not finite (loss per stage: 1.2 nan)', or the gradient's."""
@@ -100,6 +107,7 @@ def describe_nonfinite(step: int, metrics: dict) -> str:
     else:
         what = f"the total loss ({metrics['loss']}) is not finite"
     return f"step {step}: {what} (loss per stage: {per_stage})"
+
 
 def _stages(numbers: list[int]) -> str:
     return ("stage " if len(numbers) == 1 else "stages ") + ", ".join(map(str, numbers))

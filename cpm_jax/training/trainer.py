@@ -77,6 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 raise
             raise checkpointing.full_disk(mngr, error) from error
 
+
 def finish(config: ml_collections.ConfigDict, workdir: str, state: train_state.TrainState, mngr,
            held_out: HeldOut, preemption: Preemption) -> dict:
     """The final evaluation, pictures and metrics.json of the trained `state`, whose checkpoint
@@ -101,12 +102,14 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: train_state.T
             json.dump(report, f, indent=2)
     return report
 
+
 def stopped(step: int, mngr, signal_name: str | None, during: str = "", then: str = "continue") -> Preempted:
     """The Preempted of a run stopped at `step`, whose checkpoint is saved: logged here, printed
     by the command."""
     stop = Preempted(step, str(mngr.directory), signal_name or "SIGTERM", during, then)
     logging.warning("%s", stop)
     return stop
+
 
 def restore_or_create(config: ml_collections.ConfigDict, workdir: str, mngr) -> tuple[train_state.TrainState, int]:
     """(state, step): the newest readable checkpoint (unreadable newer ones set aside), restored
@@ -123,6 +126,7 @@ def restore_or_create(config: ml_collections.ConfigDict, workdir: str, mngr) -> 
     logging.info("starting from step 0 (no checkpoint in %s)%s", mngr.directory,
                  f"; {', '.join(shared)} from {init_from}" if shared else "")
     return train_states.create(config, init_rng, shared), 0
+
 
 def train(config: ml_collections.ConfigDict, state: train_state.TrainState, start_step: int, mngr,
           writer, held_out: HeldOut, preemption: Preemption) -> train_state.TrainState:
@@ -217,9 +221,11 @@ def train(config: ml_collections.ConfigDict, state: train_state.TrainState, star
         logging.warning("%d step(s) of this run were skipped as non-finite (training.nonfinite = 'skip')", skipped)
     return flax.jax_utils.unreplicate(p_state)
 
+
 def evaluates(t: ml_collections.ConfigDict, step: int) -> bool:
     """Whether step `step` ends with a held-out evaluation (besides the final one)."""
     return bool(step and t.eval_every and step % t.eval_every == 0 and step != t.num_steps)
+
 
 def check_batch_sizes(t: ml_collections.ConfigDict) -> None:
     for key, devices in (("global_batch_size", jax.device_count()), ("eval_batch_size", jax.local_device_count())):
@@ -227,11 +233,13 @@ def check_batch_sizes(t: ml_collections.ConfigDict) -> None:
             raise errors.ConfigError(f"config.training.{key} = {t[key]}: must be divisible by the "
                                      f"{devices} devices")
 
+
 def log_step(step: int, num_steps: int, metrics: dict, meter: progress.Progress, batch_size: int) -> None:
     """One log line: step, loss per stage, images/s and ETA (`metrics`: host_metrics)."""
     stages = " ".join(f"{v:.3f}" for v in np.asarray(metrics["stage_losses"]))
     logging.info("step %d/%d  loss %.3f  [per stage %s]  %s", step, num_steps, metrics["loss"], stages,
                  meter.describe(batch_size))
+
 
 def step_scalars(metrics: dict, learning_rate: float, steps_per_second: float | None, batch_size: int,
                  skipped: int) -> dict[str, float]:
@@ -244,6 +252,7 @@ def step_scalars(metrics: dict, learning_rate: float, steps_per_second: float | 
     if steps_per_second is not None:
         values["train/images_per_second"] = steps_per_second * batch_size
     return values
+
 
 def divergence_message(problem: str, mngr) -> str:
     latest = mngr.latest_step()
