@@ -173,6 +173,9 @@ MULTIPLIERS = _pair(lambda w, b: _number(0)[0](w) and _number(0)[0](b), "must be
 # optimizer, the keys OPTIMIZER_KEYS gives for its name).
 NUMBERS = (
     ("seed", REQUIRED, _integer(0)),
+    *((f"model.{key}", REQUIRED, _integer(1)) for key in (
+        "num_stages", "num_parts", "trunk_kernel", "stage1_kernel", "stage_kernel", "trunk_features",
+        "bottleneck_features", "stage1_features", "stage_features")),
     ("model.dropout_rate", REQUIRED, _number(0, 1, "[)")),
     ("data.skip_bad_examples", False, SWITCH),
     ("data.max_skipped_fraction", 0.1, (_number(0, 1)[0], "must be a fraction in [0, 1] (of an epoch's examples)")),
@@ -259,18 +262,10 @@ def validate(config: ml_collections.ConfigDict, known_datasets=None, splits=None
         if not ok:
             raise errors.ConfigError(f"config.{key} = {value!r}: {want}")
 
-    def integer(value, low: int = 1) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
     _check_numbers(config, check)   # every number and switch: type and range
     m = config.model
-    check(integer(m.get("num_stages")), "model.num_stages", m.get("num_stages"), "must be an integer >= 1")
-    check(integer(m.get("num_parts")), "model.num_parts", m.get("num_parts"), "must be an integer >= 1")
-    check(integer(m.get("input_size"), 8) and m.input_size % 8 == 0, "model.input_size", m.get("input_size"),
-          "must be a positive multiple of 8 (three stride-2 pools)")
-    for key in ("trunk_kernel", "stage1_kernel", "stage_kernel", "trunk_features",
-                "bottleneck_features", "stage1_features", "stage_features"):
-        check(integer(m.get(key)), f"model.{key}", m.get(key), "must be an integer >= 1")
+    check(_is_integer(m.get("input_size")) and m.input_size >= 8 and m.input_size % 8 == 0, "model.input_size",
+          m.get("input_size"), "must be a positive multiple of 8 (three stride-2 pools)")
     for key in ("kernel_init", "output_init"):
         check(m.get(key) in KERNEL_INIT_NAMES, f"model.{key}", m.get(key), f"unknown; known: {', '.join(KERNEL_INIT_NAMES)}")
     check(m.get("dtype", "float32") in DTYPES + (AUTO_DTYPE,), "model.dtype", m.get("dtype"),

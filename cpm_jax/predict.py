@@ -60,17 +60,10 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def load_image(path: str) -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file; InputError (missing) or BadExampleError
-    (undecodable) naming the file."""
-    from data_pipelines import sources
-    return sources.decode_image(_read(path), path)
-
-
 def load_photo(path: str, max_side: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """(the photo as `shrink(image, max_side)` gives it, its own (width, height), the (x, y) ratio
-    of that image's px to the photo's: photo px p -> (p + 0.5) x ratio - 0.5). Errors as
-    `load_image`. A photo over `max_side` px is resized as PIL decoded it, without NumPy copies of
+    of that image's px to the photo's: photo px p -> (p + 0.5) x ratio - 0.5). InputError (missing)
+    or BadExampleError (undecodable) naming the file. A photo over `max_side` px is resized as PIL decoded it, without NumPy copies of
     the full size; a JPEG is even decoded at 1/2, 1/4 or 1/8 of its size where that still has
     `max_side` px (PIL's `draft`: the DCT's own scaling), so its full size is never held."""
     from data_pipelines import sources
@@ -99,11 +92,8 @@ def _decode_reduced(data: bytes, max_side: int):
                 if drafted is not None:
                     scale = width / drafted[1][2]       # its box: the photo's extent in decoded px
             image.load()                                # a truncated file raises here
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            ratio = max_side / max(rgb.size)
-            size = (max(1, round(rgb.width * ratio)), max(1, round(rgb.height * ratio)))
-            small = np.asarray(rgb.resize(size, Image.Resampling.BICUBIC))
-            return small, (width, height), np.array([size[0] / rgb.width, size[1] / rgb.height]) / scale
+            small, ratio = _resized(image if image.mode == "RGB" else image.convert("RGB"), max_side)
+            return small, (width, height), ratio / scale
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
@@ -111,13 +101,19 @@ def _decode_reduced(data: bytes, max_side: int):
 def shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
     """(image resized so that its longer side is at most `max_side` px, (x, y) ratio new / old)."""
     from PIL import Image
-    height, width = image.shape[:2]
-    ratio = max_side / max(height, width)
-    if ratio >= 1:
+    if max(image.shape[:2]) <= max_side:
         return image, np.ones(2)
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
-    return small, np.array([size[0] / width, size[1] / height])
+    return _resized(Image.fromarray(image), max_side)
+
+
+def _resized(image, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(PIL `image` resized bicubically so that its longer side is `max_side` px, as uint8, (x, y)
+    ratio new / old)."""
+    from PIL import Image
+    ratio = max_side / max(image.size)
+    size = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+    small = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
+    return small, np.array([size[0] / image.width, size[1] / image.height])
 
 
 def _picture_path(out: str, image_path: str, taken: set) -> str:

@@ -31,12 +31,8 @@ def disk_full(mngr, reason: str) -> errors.CheckpointError:
     """The error of another write of the run (TensorBoard events, metrics.json, pictures) that
     found the disk full while no save was failing; `reason`: its error in a line."""
     reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", reason)      # TensorFlow's op prefix
-    steps = mngr.all_steps()
-    kept = (f"the newest checkpoint {max(steps)} ({os.path.join(str(mngr.directory), str(max(steps)))}) is intact, "
-            "and the same command continues from it" if steps else
-            "no checkpoint was kept yet, so the same command starts the run again")
     return errors.CheckpointError(f"no space left on the device of {os.path.dirname(str(mngr.directory))} "
-                                  f"({reason}); free some space, or use a --workdir on a larger disk; {kept}")
+                                  f"({reason}); free some space, or use a --workdir on a larger disk; {intact(mngr)}")
 
 
 def not_saved(mngr, step: int) -> errors.CheckpointError:
@@ -53,12 +49,17 @@ def removed(mngr, step: int) -> errors.CheckpointError:
         f"checkpoint (max_to_keep = 0; config.training.keep_checkpoints must be >= 1): {intact(mngr, step)}")
 
 
-def intact(mngr, step: int) -> str:
-    older = [s for s in mngr.all_steps() if s < step]
+def intact(mngr, step: int | None = None) -> str:
+    """The newest checkpoint the same command continues from: the newest before `step` (the one
+    whose save failed), or the newest of all when no save is named."""
+    older = [s for s in mngr.all_steps() if step is None or s < step]
     if not older:
+        if step is None:
+            return "no checkpoint was kept yet, so the same command starts the run again"
         return f"no checkpoint before step {step} was kept, so the same command starts the run again"
     newest = max(older)
-    return (f"the previous checkpoint {newest} ({os.path.join(str(mngr.directory), str(newest))}) is intact, "
+    which = "the newest" if step is None else "the previous"
+    return (f"{which} checkpoint {newest} ({os.path.join(str(mngr.directory), str(newest))}) is intact, "
             "and the same command continues from it")
 
 
