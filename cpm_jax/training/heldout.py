@@ -18,6 +18,7 @@ from absl import logging
 from flax.training import train_state
 
 from cpm_jax import visualize
+from cpm_jax.errors import BadExampleError, DataError
 from cpm_jax.training import checkpointing
 
 if typing.TYPE_CHECKING:  # imported when the evaluation is made: it imports TensorFlow
@@ -100,8 +101,7 @@ def check_heldout_examples(config: ml_collections.ConfigDict) -> None:
     decoded fails the run now, naming file and index, not at an evaluation hours later. With
     `data.skip_bad_examples` bad ones are counted as an evaluation counts them: skipped and
     reported within `data.max_skipped_fraction`, a DataError past it. Synthetic data is not read."""
-    from cpm_jax.errors import BadExampleError, DataError
-    from data_pipelines import pipeline, registry
+    from data_pipelines import pipeline, registry  # the pipeline imports TensorFlow: only when a run starts
     data = config.data
     if registry.get(data.dataset).read is None:
         return
