@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from cpm_jax import benchmarks, configs, summary
-from cpm_jax.benchmarks import hardware, measure, report, timing
+from cpm_jax.benchmarks import hardware, layers, measure, report, timing
 from cpm_jax.cpu import onednn
 from cpm_jax.model import architecture
 from cpm_jax.training import state as train_states
@@ -28,6 +28,16 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cpm_jax.bench", "--config", "tests/tiny_experiment.py",
                            "--steps", "2", "--pipeline_batches", "2", *args],
                           cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=600)
+
+
+def quick_figures(monkeypatch) -> None:
+    """For the in-process runs of `measure`: the device's practical peak (a 2048 x 2048 matrix
+    product) and memory bandwidth (passes over 256 MiB) as fixed figures, which these tests do not
+    check (the command-line test does: > 0), and each convolution's sample (LAYER_SAMPLE_S) one
+    call long: the times only have to be there and positive, not be steady, here."""
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, size: 1.0)
+    monkeypatch.setattr(hardware, "elementwise_gb_per_s", lambda mib: 1.0)
+    monkeypatch.setattr(layers, "LAYER_SAMPLE_S", 1e-9)
 
 
 @pytest.mark.skipif(not TORCH, reason="PyTorch is not installed: pip install -e '.[bench]' (CI installs it)")
@@ -50,6 +60,7 @@ def test_cli_prints_table_and_json_with_the_torch_peer():
 
 
 def test_without_torch_the_comparison_is_skipped_with_the_reason(monkeypatch):
+    quick_figures(monkeypatch)
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     monkeypatch.delitem(sys.modules, "cpm_jax.benchmarks.torch_peer", raising=False)
     monkeypatch.delattr(benchmarks, "torch_peer", raising=False)  # imported earlier in this process
@@ -80,7 +91,8 @@ def test_the_layer_list_names_every_convolution_kernel_of_the_model(which):
 
 
 @pytest.mark.skipif(not TORCH, reason="PyTorch is not installed: pip install -e '.[bench]' (CI installs it)")
-def test_layers_part_times_each_convolution_in_both_frameworks_and_sums_them_over_the_model():
+def test_layers_part_times_each_convolution_in_both_frameworks_and_sums_them_over_the_model(monkeypatch):
+    quick_figures(monkeypatch)
     config = tiny_config(num_stages=3)
     out = measure.measure(config, batch=2, steps=1, parts=("train", "layers"), compare="torch", pause=0)
     counts = architecture.model_convolutions(config.model)

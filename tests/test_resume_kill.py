@@ -3,7 +3,7 @@ bit-identical to an uninterrupted run; the uninterrupted run's TensorBoard event
 checkpoint. Everything through `python -m cpm_jax.train` (tests/train_cli.py).
 
 The run: train_cli.RUN (the tiny CPM with dropout, 24 steps, checkpoints every 4, evaluation
-every 8).
+every 8); the interrupted one checkpoints every 10 steps instead (the same parameters).
 """
 import json
 import os
@@ -39,11 +39,14 @@ def saving_steps(log: str) -> list[int]:
             if "saving checkpoint " in line]
 
 
-def test_runs_killed_at_any_moment_resume_to_bit_identical_parameters(reference, tmp_path, cache):
-    """SIGKILL (1) as the first checkpoint completes, (2) mid-way between checkpoints, (3) the
-    moment a checkpoint's temporary directory appears; then (4) the newest complete checkpoint
-    is damaged; (5) the same command runs to the end."""
-    workdir, args = tmp_path / "workdir", overrides()
+def test_runs_stopped_or_killed_at_any_moment_resume_to_bit_identical_parameters(reference, tmp_path, cache):
+    """One run, with checkpoints every 10 steps (so that the step saved on SIGTERM is no multiple),
+    stopped in turn: SIGKILL (1) as its first checkpoint completes; (2) SIGTERM: the step finishes,
+    is saved, exit 0; SIGKILL (3) the moment a checkpoint's temporary directory appears, (4) mid-way
+    between checkpoints; then (5) the newest complete checkpoint is damaged; (6) the same command
+    runs to the end from the checkpoint SIGTERM saved."""
+    workdir, args = tmp_path / "workdir", overrides(training__checkpoint_every=10)
+
     def being_written(run) -> list[int]:
         """Steps this run is saving: logged as saved, their temporary directory there. (Orbax
         names it `<step>.orbax-checkpoint-tmp`, as a killed run may have left it; the first save
@@ -51,29 +54,44 @@ def test_runs_killed_at_any_moment_resume_to_bit_identical_parameters(reference,
         temporary = train_cli.temporary_dirs(workdir)
         return [n for n in saving_steps(run.log()) if f"{n}.orbax-checkpoint-tmp" in temporary]
 
-    scenarios = [("first checkpoint complete", lambda run: train_cli.steps_on_disk(workdir)),
-                 ("step 14 done (checkpoints at 12 and 16)", lambda run: last_logged_step(run.log()) >= 14),
-                 ("a checkpoint being written", being_written)]
-    expected_resume = 0
-    for i, (moment, condition) in enumerate(scenarios, 1):
+    scenarios = [("first checkpoint complete", lambda run: train_cli.steps_on_disk(workdir), signal.SIGKILL),
+                 ("a step after the resumed one done", lambda run: last_logged_step(run.log()) > expected_resume,
+                  signal.SIGTERM),
+                 ("a checkpoint being written", being_written, signal.SIGKILL),
+                 ("checkpoint 20 complete and step 22 done (checkpoints at 20 and 24)",
+                  lambda run: 20 in train_cli.steps_on_disk(workdir) and last_logged_step(run.log()) >= 22,
+                  signal.SIGKILL)]
+    expected_resume, killed_before = 0, False
+    for i, (moment, condition, number) in enumerate(scenarios, 1):
         with train_cli.running(train_cli.command(workdir, *args), cache, tmp_path, f"run{i}") as run:
             run.wait_until(lambda: condition(run), moment, poll=0.001)
-            run.signal(signal.SIGKILL)
-            assert run.wait() == -signal.SIGKILL
+            run.signal(number)
+            status = run.wait()
         log, complete = run.log(), train_cli.steps_on_disk(workdir)
-        print(f"run {i}: killed at {moment!r} after step {last_logged_step(log)}; complete checkpoints {complete}, "
-              f"temporary {train_cli.temporary_dirs(workdir)}")
+        print(f"run {i}: signal {number} at {moment!r} after step {last_logged_step(log)}, exit {status}; complete "
+              f"checkpoints {complete}, temporary {train_cli.temporary_dirs(workdir)}")
         if i > 1:
             assert f"resumed from step {expected_resume} in" in log
-            assert "taking over the lock" in log            # left by the killed run before
-        assert complete and complete[-1] <= last_logged_step(log)
-        if i == 2:
-            assert complete[-1] < last_logged_step(log)     # killed between checkpoints: work lost
+            assert ("taking over the lock" in log) == killed_before      # left by a killed run before
+        if number == signal.SIGTERM:
+            assert status == 0, log[-3000:]
+            step = complete[-1]
+            assert step % 10 and step > expected_resume and complete == [expected_resume, step]
+            assert f"SIGTERM received during step {step}" in log
+            assert f"preempted: stopped after step {step}" in log
+            assert f"preempted at step {step}: checkpoint saved in {workdir}/checkpoints/{step}" in run.stdout()
+            assert not (workdir / "metrics.json").exists()            # no final evaluation: it was asked to stop
+        else:
+            assert status == -signal.SIGKILL
+            assert complete and complete[-1] <= last_logged_step(log)
         if i == 3:
             assert being_written(run) and being_written(run)[-1] not in complete, "the kill should hit a save"
-        expected_resume = complete[-1]
+        if i == 4:
+            assert complete[-1] < last_logged_step(log)     # killed between checkpoints: work lost
+        expected_resume, killed_before = complete[-1], number == signal.SIGKILL
 
     previous, damaged = train_cli.steps_on_disk(workdir)[-2:]
+    assert previous == step                                          # SIGTERM's checkpoint
     for root, _, files in os.walk(workdir / "checkpoints" / str(damaged)):
         for name in files:
             if root.endswith("/d"):                          # the array data files
@@ -90,30 +108,6 @@ def test_runs_killed_at_any_moment_resume_to_bit_identical_parameters(reference,
     b, step_b = train_cli.restore(workdir)
     print(f"max |difference| to the uninterrupted run after {STEPS} steps: {train_cli.max_difference(a, b)}")
     assert step_a == step_b == STEPS
-    train_cli.assert_identical(a, b)
-
-
-def test_sigterm_finishes_the_step_saves_it_exits_0_and_the_run_resumes_bit_identical(reference, tmp_path, cache):
-    workdir = tmp_path / "workdir"
-    args = overrides(training__checkpoint_every=10)      # so that the step saved on SIGTERM is no multiple
-    with train_cli.running(train_cli.command(workdir, *args), cache, tmp_path, "preempted") as run:
-        run.wait_until(lambda: last_logged_step(run.log()) >= 3, "step 3")
-        run.signal(signal.SIGTERM)
-        assert run.wait() == 0, run.log()[-3000:]
-    log, saved = run.log(), train_cli.steps_on_disk(workdir)
-    step = saved[-1]
-    print(f"SIGTERM after step 3: saved step {step}, exit 0 after {run.seconds:.1f} s of run")
-    assert step % 10 and step >= 3 and saved == [step]
-    assert f"SIGTERM received during step {step}" in log
-    assert f"preempted: stopped after step {step}" in log
-    assert f"preempted at step {step}: checkpoint saved in {workdir}/checkpoints/{step}" in run.stdout()
-    assert not (workdir / "metrics.json").exists()            # no final evaluation: it was asked to stop
-
-    resumed = train_cli.train(workdir, *args, cache=cache, logs=tmp_path, name="resumed")
-    assert f"resumed from step {step} in" in resumed.log()
-    a, _ = train_cli.restore(reference)
-    b, _ = train_cli.restore(workdir)
-    print(f"max |difference| to the uninterrupted run: {train_cli.max_difference(a, b)}")
     train_cli.assert_identical(a, b)
 
 

@@ -5,6 +5,7 @@ points given twice."""
 import csv
 import os
 import re
+import shutil
 import signal
 
 import pytest
@@ -83,12 +84,16 @@ def test_sweep_writes_a_row_per_member_with_every_stage(full):
 
 
 def test_killed_sweep_resumes_without_retraining_member_one(tmp_path, where, full):
+    """Killed while training member 2, member 1 finished (the full sweep's, copied: the one-by-one
+    test below checks that a member trained alone scores as in the full sweep)."""
     cache, logs = where
+    shutil.copytree(full[0] / MEMBERS[0], tmp_path / MEMBERS[0])
     second = tmp_path / MEMBERS[1] / "checkpoints"
     with train_cli.running(command(tmp_path), cache, logs, "killed") as run:
         run.wait_until(second.exists, f"{second}")
         run.signal(signal.SIGKILL)
         assert run.wait() == -signal.SIGKILL
+    assert "member 1/2 num_stages=1: finished, skipped" in run.stdout()
     first = mtimes(tmp_path / MEMBERS[0])
     assert "metrics.json" in first and any(p.startswith("checkpoints") for p in first)
     assert not (tmp_path / "sweep.csv").exists()
