@@ -13,9 +13,10 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu]'   # CPU JAX + tensorflow-cpu; see README for GPU/TPU
 	touch $@
 
-# The tests add pytest and the PyTorch peer of the benchmark (`bench`: torch 2.13, CPU build).
+# The tests add pytest, the exporters' converters and runtimes (`export`) and the PyTorch peer
+# of the benchmark (`bench`: torch 2.13, CPU build).
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/pip install --quiet -e '.[cpu,test,bench]'
+	$(BIN)/pip install --quiet -e '.[cpu,test,bench,export]'
 	touch $@
 
 demo: $(BIN)/.installed

@@ -1,6 +1,8 @@
 """How fast a config's CPM trains and predicts on this machine, and against PyTorch.
 
     python -m cpm_jax.bench --config experiments/synthetic.py [--batch 8] [--json] [--compare torch]
+    python -m cpm_jax.bench --config experiments/lspet_cpu.py --parts inference \\
+        --compare onnxruntime,tensorflow,tflite        # the exported model in serving runtimes
 
 One run measures, on whatever backend JAX finds (`benchmarks/measure.py` says how):
   * train: the training step `train` runs, on a fixed random batch: compile time, the first
@@ -11,11 +13,11 @@ One run measures, on whatever backend JAX finds (`benchmarks/measure.py` says ho
     matrix product's rate, memory bandwidth, peak host and device memory (`benchmarks/hardware.py`);
   * layers (only when asked: `--parts train,layers`): each distinct convolution timed alone,
     forward and training, summed over the model (`benchmarks/layers.py`).
-The header's "convolutions:" line counts a forward pass's convolutions by the form a CPU runs
-them in (JSON `convolution_forms`) and says whether oneDNN's kernels loaded (JSON `convolutions`).
-`--compare torch` builds the same network in PyTorch (`benchmarks/torch_peer.py`, the JAX
-parameters copied in), times the same batch in the same process, alternating rounds of JAX and
-PyTorch steps, and prints JAX / PyTorch ratios.
+The "convolutions:" line counts a forward pass's convolutions by the form a CPU runs them in
+and says whether oneDNN's kernels loaded. `--compare torch`: the same network in PyTorch
+(`benchmarks/torch_peer.py`, the JAX parameters copied in), alternating rounds with JAX in one
+process, JAX / PyTorch ratios; `--compare onnxruntime,tensorflow,tflite`: the model exported
+(`cpm_jax.export`'s files) and its inference timed there beside JAX's (`benchmarks/exported.py`).
 
 The table is for people; `--json` adds one JSON object as the last line (keys in
 `benchmarks/report.summarise`). On a GPU or TPU host, `python -m cpm_jax.benchmarks.accelerator`
@@ -45,7 +47,7 @@ def main(argv) -> None:
         raise errors.ConfigError(f"--parts: unknown {', '.join(unknown)}; known: {', '.join(PARTS)}")
     configs.validate(config, registry.DATASETS if {"pipeline", "fed"} & set(parts) else None)
     batch = FLAGS.batch or config.training.global_batch_size
-    out = measure(config, batch, FLAGS.steps, parts, FLAGS.compare, FLAGS.pipeline_batches,
+    out = measure(config, batch, FLAGS.steps, parts, ",".join(FLAGS.compare), FLAGS.pipeline_batches,
                   FLAGS.peak_gflops, on_progress=lambda line: print(f"bench: {line}", flush=True))
     print(summarise(out))
     if FLAGS.json:
@@ -59,7 +61,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch", 0, "Images per step (0: the config's training.global_batch_size).", lower_bound=0)
     flags.DEFINE_integer("steps", 10, "Timed steps of each kind, after compilation and the first step.", lower_bound=1)
     flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"What to measure, of: {', '.join(PARTS)}.")
-    flags.DEFINE_enum("compare", "", ["", "torch"], "Also time the same network in PyTorch (pip install -e '.[bench]').")
+    flags.DEFINE_list("compare", [], "Also time: torch (the same network in PyTorch; pip install -e "
+                      "'.[bench]'), and/or the model exported (python -m cpm_jax.export) in onnxruntime, "
+                      "tensorflow, tflite (inference; pip install -e '.[export]').")
     flags.DEFINE_integer("pipeline_batches", 20, "Batches timed of the input pipeline alone.", lower_bound=1)
     flags.DEFINE_float("peak_gflops", 0.0, "The device's FP32 (CPU) or compute-dtype peak, GFLOP/s (0: reckon it).")
     flags.DEFINE_bool("json", False, "Print one JSON object of every figure as the last line.")

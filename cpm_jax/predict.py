@@ -1,28 +1,24 @@
-"""The pose of one person in your own photos, with a trained workdir's newest checkpoint.
+"""The pose of one person in your photos or a video, by a trained, shipped or exported model.
 
     python -m cpm_jax.predict --workdir runs/lsp photo.jpg [more.jpg ...] \\
         [--center X,Y] [--scale S] [--out DIR] [--scales 0.7,0.8,...] [--flip] [--subpixel]
     python -m cpm_jax.predict --pretrained lspet_cpu photo.jpg ...    # a model shipped in pretrained/
+    python -m cpm_jax.predict --model exported/model.onnx photo.jpg   # an export, in its runtime
+    python -m cpm_jax.predict --pretrained lspet_cpu clip.mp4 [--every N] [--max_frames M]
 
-Runs the release's multi-scale test (cpm_jax/evaluation/multiscale.py; docs/paper_notes.md
-section 5) on each image and prints ONE JSON object on stdout (fields: `predict_images`): per image
-the centre, the zoom, each joint's name, x, y (0-based pixels of the image as stored) and belief
-(the part's belief there, averaged over the scales: about 1 if confident, near 0 for none). Each
-image gets a PNG `<out>/<stem>_pose.png` (the skeleton and each stage's beliefs, drawn on the image
-the network saw) and a progress line on stderr. The model is single-person: where the beliefs say
-otherwise (evaluation/single_person.py: weak, parts with two distant peaks, limbs too long for one
-person, as with two people side by side), one `predict: warning:` line names the image and
---center/--scale, the image's JSON lists it in "warnings", and the exit status stays 0.
-
-Where to look (`multiscale.place_person`): by default the person is centred and as tall as the
-image (the release's LSP rule: zoom 0.8 x input size / image height); --center X,Y: their centre,
---scale S: their size (about their height, the records' scale; zoom config.data.person_height x
-input size / S), in px, for every image. A photo over --max_image_side px (default 1024) is resized
-to it first (a JPEG decoded at 1/2..1/8 size where it can); joints are in the photo's own pixels.
-
-Errors (a missing or undecodable image, a centre outside the image, an image under 16 px, a
-workdir without a checkpoint or config.json, an --out that cannot be written: checked first) print
-a message naming the file or directory and exit with status 1 (a traceback with -v 1).
+Photos: the release's multi-scale test (evaluation/multiscale.py; docs/paper_notes.md section 5)
+on each; ONE JSON object on stdout (`predict_images`): per image the centre, the zoom, each
+joint's name, x, y (0-based pixels of the photo) and belief (about 1 if confident, near 0 for
+none); a PNG `<out>/<stem>_pose.png` (skeleton, each stage's beliefs) and a progress line each.
+Single-person by design: where the beliefs say otherwise (evaluation/single_person.py) a
+`predict: warning:` line names the image, its JSON lists it in "warnings", exit status 0. Where to
+look (`multiscale.place_person`): centred and as tall as the image (the LSP rule: zoom 0.8 x
+input / height), or --center X,Y and --scale S (the person's height, px). Photos over
+--max_image_side px are resized first (JPEGs decoded reduced); joints stay in the photo's pixels.
+A video (any FFmpeg reads; one per command) follows its person frame to frame and writes
+<out>/<name>.jsonl and <out>/<name>_pose.mp4 (inference/video.py). Errors (a missing or
+undecodable image or video, a centre outside it, a model that cannot load, an --out that cannot
+be written: checked first) are one line naming the file, exit status 1 (a traceback with -v 1).
 """
 import io
 import json
@@ -31,7 +27,6 @@ import os
 import sys
 import time
 
-import ml_collections
 import numpy as np
 from absl import flags
 
@@ -136,13 +131,17 @@ def _not_one_person(evidence, placed_by_rule: bool) -> str:
 def predict_images(workdir: str | None, paths: list[str], center: tuple[float, float] | None = None,
                    scale: float | None = None, out: str = "predict_out", options=None,
                    max_side: int = 384, max_image_side: int = MAX_IMAGE_SIDE, log=None,
-                   pretrained_name: str | None = None, gallery: str | None = None) -> dict:
-    """The report printed by the command line; writes the PNGs. The model: the newest checkpoint
-    of `workdir`, or the shipped model `pretrained_name` (cpm_jax/pretrained.py). `gallery`: also
+                   pretrained_name: str | None = None, gallery: str | None = None,
+                   model_path: str | None = None) -> dict:
+    """The report printed by the command line; writes the PNGs. The model (exactly one): the
+    newest checkpoint of `workdir`, the shipped model `pretrained_name` (cpm_jax/pretrained.py),
+    or an exported file `model_path` run in its own runtime (inference/models.py). `gallery`: also
     one PNG of every image's picture, one above the other. `log(line)` receives a progress line
     per image (default: stderr). The report (units: the module docstring):
 
-      {"workdir", "pretrained" (one of the two is null), "checkpoint_step", "dataset" (the joint
+      {"workdir", "pretrained", "model" (the one given; the others null), "runtime" ("jax", or the
+       exported model's: "onnxruntime", "tensorflow", "tflite"), "checkpoint_step" (null for an
+       exported model), "dataset" (the joint
        order's dataset), "stage" (the stage whose joints are listed: the last), "scales", "flip",
        "subpixel", "gallery" (the --gallery PNG or null),
        "images": [{"image", "width", "height", "center" [x, y], "base_factor", "person" (how the
@@ -152,15 +151,13 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
                    "long_limbs"), "warnings" (the lines warned about the image, [] if none)}]}"""
     from cpm_jax import visualize
     from cpm_jax.evaluation import multiscale, single_person
-    from cpm_jax.model import pretrained
-    from cpm_jax.training import checkpointing, state
+    from cpm_jax.inference import models
     from data_pipelines import registry
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     if not paths:
         raise errors.InputError("no image given: python -m cpm_jax.predict --workdir DIR IMAGE...")
-    if (workdir is None) == (pretrained_name is None):
-        raise errors.InputError("give the model with exactly one of --workdir DIR and --pretrained NAME")
+    source = models.Source(workdir, pretrained_name, model_path)      # InputError: not exactly one
     if scale is not None and not (np.isfinite(scale) and scale > 0):
         raise errors.InputError(f"--scale {scale}: the person's size in pixels must be > 0")
     outputs.check_directory(out, "--out")                 # before the model loads
@@ -168,26 +165,19 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
         if not gallery.lower().endswith(".png"):
             raise errors.InputError(f"--gallery {gallery}: the gallery is a PNG; give a path ending in .png")
         outputs.check_file(gallery, "--gallery")
-    if workdir is not None:
-        checkpointing.open_latest(workdir)                # NoCheckpointError naming the directory
-        config = checkpointing.read_config(workdir)      # CheckpointError naming config.json
-    else:
-        config = ml_collections.ConfigDict(pretrained.read_info(pretrained_name)["config"])
+    config = models.open_config(source)                  # errors name the checkpoint, record or file
     # Each photo at most max_image_side px, decoded before the model loads (a bad file fails first).
     photos = [load_photo(p, max_image_side) for p in paths]
     size = config.model.input_size
     placed = [multiscale.place_person((h, w), config.data, size, center, scale) for _, (w, h), _ in photos]
-    if workdir is not None:
-        variables, step = state.restore_params(workdir, config)
-    else:                                                 # CheckpointError: missing, corrupt
-        config, variables, info = pretrained.load(pretrained_name)
-        step = info["source"]["step"]
+    model = models.load(source)                           # CheckpointError: missing, corrupt
+    config = model.config
     num_stages = config.model.num_stages
     options = options or multiscale.Options()
     options = multiscale.Options(scales=options.scales, stages=tuple(range(1, num_stages + 1)),
                                  flip=options.flip, subpixel=options.subpixel, batch_size=1,
                                  canvas_multiple=options.canvas_multiple)
-    predictor = multiscale.MultiScalePredictor.for_model(config, variables, options)
+    predictor = model.predictor(options)
     order = registry.get(config.data.dataset).skeleton
     os.makedirs(out, exist_ok=True)
     results, taken = [], set()
@@ -223,7 +213,7 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
         with outputs.writing(gallery):
             visualize.stack_pictures([r["picture"] for r in results], gallery)
         log(f"predict: wrote the gallery {gallery}")
-    return {"workdir": workdir, "pretrained": pretrained_name, "checkpoint_step": int(step),
+    return {**source.as_dict(), "runtime": model.runtime, "checkpoint_step": model.step,
             "dataset": config.data.dataset,
             "stage": num_stages, "scales": list(options.scales), "flip": options.flip,
             "subpixel": options.subpixel, "gallery": gallery, "images": results}
@@ -231,12 +221,28 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
 
 def main(argv) -> None:
     from cpm_jax.evaluation import multiscale
+    from cpm_jax.inference import frames, models, video
     center = parse_center(FLAGS.center) if FLAGS.center else None
     options = multiscale.Options(scales=multiscale.parse_scales(FLAGS.scales), flip=FLAGS.flip,
                                  subpixel=FLAGS.subpixel)
-    report = predict_images(FLAGS.workdir, list(argv[1:]), center, FLAGS.scale, FLAGS.out, options,
+    paths = list(argv[1:])
+    videos = [p for p in paths if frames.is_video(p)]
+    if videos:                          # one video per command: cpm_jax/inference/video.py
+        if len(paths) > 1:
+            others = "another video" if len(videos) > 1 else "photos"
+            raise errors.InputError(f"{videos[0]}: a video is predicted alone, without {others} "
+                                    f"({', '.join(p for p in paths if p != videos[0])}); run predict once per video")
+        if FLAGS.gallery:
+            raise errors.InputError(f"--gallery {FLAGS.gallery}: a gallery is of photos; a video gets "
+                                    "<out>/<name>_pose.mp4")
+        report = video.run(models.Source(FLAGS.workdir, FLAGS.pretrained, FLAGS.model), videos[0], FLAGS.out,
+                           options, center, FLAGS.scale, FLAGS.every, FLAGS.max_frames or None,
+                           max_side=FLAGS.max_image_side)
+        print(json.dumps(report, indent=2))
+        return
+    report = predict_images(FLAGS.workdir, paths, center, FLAGS.scale, FLAGS.out, options,
                             max_image_side=FLAGS.max_image_side, pretrained_name=FLAGS.pretrained,
-                            gallery=FLAGS.gallery)
+                            gallery=FLAGS.gallery, model_path=FLAGS.model)
     print(json.dumps(report, indent=2))
 
 
@@ -249,13 +255,19 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint and config.json.")
     flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped in pretrained/ by "
                         "name (e.g. lspet_cpu), or the path of its .npz.")
+    flags.DEFINE_string("model", None, "Instead of --workdir: an exported model run in its own runtime "
+                        "(python -m cpm_jax.export): DIR/model.onnx, DIR/model.tflite, DIR/saved_model or DIR.")
     flags.DEFINE_string("center", None, "The person's centre X,Y in pixels (default: the image centre).")
     flags.DEFINE_float("scale", None, "The person's size in pixels, about their height (the records' "
                        "scale: 200 x MPII's); default: the image height rule (0.8 x input / height).")
-    flags.DEFINE_string("out", "predict_out", "Directory for the PNGs.")
+    flags.DEFINE_string("out", "predict_out", "Directory for the PNGs (a video: <name>.jsonl and "
+                        "<name>_pose.mp4).")
     flags.DEFINE_string("gallery", None, "Also write every image's picture, one above the other, to this PNG.")
-    flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "Photos larger than this (px, longer side) "
-                         "are resized to it first; joints are reported in the photo's own pixels.")
+    flags.DEFINE_integer("max_image_side", MAX_IMAGE_SIDE, "Photos (and video frames) larger than this "
+                         "(px, longer side) are resized to it first; joints are in their own pixels.")
+    flags.DEFINE_integer("every", 1, "Videos: predict every N-th frame (the pose video has the "
+                         "video's frame rate / N).")
+    flags.DEFINE_integer("max_frames", 0, "Videos: stop after this many predicted frames (0: all).")
     multiscale.define_flags()
-    flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained"], required=True)
+    flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained", "model"], required=True)
     cli.run(main)

@@ -46,6 +46,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "export: the training workdir whose newest checkpoint is exported.")
     flags.DEFINE_string("directory", DIRECTORY, "Where the models are.")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "export: how the parameters are stored.")
-    flags.DEFINE_string("note", "", "export: a line on how the model was trained (the command, the time).")
+    flags.DEFINE_string("note", "", "export: how to reproduce the model: the commands that trained it, "
+                        "the machine, the wall time (recorded in the .json; no path of this machine is).")
     flags.mark_flags_as_required(["name"])
     cli.run(main)

@@ -8,7 +8,8 @@ from tests.conftest import ROOT, python_env
 
 COMMANDS = {  # module -> flags its --help must list
     "cpm_jax.train": ("--config", "--workdir", "--coordinator_address"),
-    "cpm_jax.predict": ("--pretrained", "--workdir", "--out"),
+    "cpm_jax.predict": ("--pretrained", "--workdir", "--model", "--out", "--every", "--max_frames"),
+    "cpm_jax.export": ("--pretrained", "--workdir", "--out", "--formats", "--overwrite"),
     "cpm_jax.sweep": ("--stages", "--schemes", "--collect"),
     "cpm_jax.bench": ("--config", "--compare", "--parts"),
     "cpm_jax.show_data": ("--config",),

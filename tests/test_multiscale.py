@@ -25,9 +25,11 @@ PERM = skeleton.LSP.flip_permutation
 def marker_apply(red_parts: np.ndarray, sigma_cells: float = 1.5):
     """A fake CPM: the centroid q (crop px) of each marker colour (red: R - G, blue: B - G; grey
     and black give 0) becomes a Gaussian on the cell grid at (q - 3.5) / 8; parts in `red_parts`
-    follow the red marker, the others the blue one. Output (N, T, h, w, P+1) like CPM.apply."""
-    def apply(variables, x, center_map):
-        assert center_map.shape == x.shape[:1] + (S // 8, S // 8, 1)
+    follow the red marker, the others the blue one. The predictor's `apply_fn`: crops uint8
+    (N, S, S, 3) -> (N, T, h, w, P+1) like `multiscale.crop_network`."""
+    def apply(variables, crops):
+        assert crops.shape[1:] == (S, S, 3) and crops.dtype == jnp.uint8
+        x = crops.astype(jnp.float32)
         coords = jnp.arange(x.shape[1], dtype=jnp.float32)
         cells = jnp.arange(x.shape[1] // 8, dtype=jnp.float32)
         maps = []

@@ -48,13 +48,15 @@ import cpm_jax.model.cpm, cpm_jax.platform, cpm_jax.training.trainer, cpm_jax.ev
 imported = sorted(m for m in sys.modules if m.startswith("cpm_jax.cpu"))
 from cpm_jax import platform, runtime
 runtime.setup(tensorflow=False)
-print(json.dumps({"cpu_modules_before_setup": imported,
+import os
+print(json.dumps({"cpu_modules_before_setup": imported, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                   "convolution": platform.convolution().__module__ + "." + platform.convolution().__name__}))
 """
 
 
 def run_script(**env) -> dict:
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env={**python_env(), **env},
+    environment = {k: v for k, v in python_env().items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env={**environment, **env},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -64,5 +66,7 @@ def test_importing_the_library_loads_no_cpu_backend_and_the_switch_turns_it_off(
     on = run_script()
     assert on["cpu_modules_before_setup"] == []
     assert on["convolution"] == "cpm_jax.cpu.convolution.conv_general_dilated"
+    assert on["omp_wait_policy"] == "PASSIVE"        # oneDNN's idle threads sleep: cpu/process.py
+    assert run_script(OMP_WAIT_POLICY="ACTIVE")["omp_wait_policy"] == "ACTIVE"     # a user's choice kept
     off = run_script(CPM_JAX_CPU_BACKEND="0")
     assert off["convolution"].endswith("conv_general_dilated") and "cpm_jax" not in off["convolution"]

@@ -20,7 +20,7 @@ R_WRIST, L_ANKLE = skeleton.LSP.index["r_wrist"], skeleton.LSP.index["l_ankle"]
 
 def cell_apply(last: dict, first: dict):
     """A fake CPM with 2 stages: stage 2 has a 1 at cell (x, y) = last[part], stage 1 at
-    first[part]; 0 elsewhere. Output (N, 2, 10, 10, P + 1) like CPM.apply."""
+    first[part]; 0 elsewhere. Crops (N, S, S, 3) uint8 -> (N, 2, 10, 10, P + 1), as the predictor's `apply_fn`."""
     def stage(cells):
         maps = np.zeros((S // 8, S // 8, P + 1), np.float32)
         for part, (gx, gy) in cells.items():
@@ -29,9 +29,9 @@ def cell_apply(last: dict, first: dict):
 
     fixed = jnp.asarray(np.stack([stage(first), stage(last)]))
 
-    def apply(variables, x, center_map):
-        assert x.shape[1:] == (S, S, 3) and center_map.shape[1:] == (S // 8, S // 8, 1)
-        return jnp.broadcast_to(fixed, (x.shape[0],) + fixed.shape)
+    def apply(variables, crops):
+        assert crops.shape[1:] == (S, S, 3) and crops.dtype == jnp.uint8
+        return jnp.broadcast_to(fixed, (crops.shape[0],) + fixed.shape)
     return apply
 
 

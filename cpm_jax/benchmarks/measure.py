@@ -12,8 +12,10 @@ FLOPs; a training step is 3x the forward pass; a direct convolution's count, so 
 `convolution.py` takes the DFT form the achieved rate can pass the peak) and from XLA's cost
 analysis (which leaves out the zero padding and oneDNN's custom calls), set against the device's
 peak, a large matrix product's rate and the memory bandwidth (`hardware.py`); peak host and
-device memory. With compare="torch", the same network in PyTorch (`runners.TorchPeer`) times
-the same batch in the same process, in alternating rounds, and the JAX / PyTorch ratios follow.
+device memory. `compare` (comma-separated): "torch", the same network in PyTorch
+(`runners.TorchPeer`), and the exported model in "onnxruntime", "tensorflow", "tflite"
+(`exported.ExportedPeers`, inference only) time the same batch in the same process, in
+alternating rounds with JAX; the JAX / peer ratios follow (> 1: JAX is faster).
 Units: images/s, seconds, GFLOP/s, GB/s, GB; the keys are those `report.summarise` reads.
 """
 import os
@@ -24,7 +26,7 @@ import jax
 import ml_collections
 
 from cpm_jax import configs, errors
-from cpm_jax.benchmarks import hardware, layers
+from cpm_jax.benchmarks import exported, hardware, layers
 from cpm_jax.benchmarks.runners import JaxInference, JaxTraining, TorchPeer, fed_rate, pipeline_rate, random_batch
 from cpm_jax.benchmarks.timing import LAYER_SAMPLE_S, PAUSE_S, alternate, compilations, spread, timed
 from cpm_jax.cpu import onednn
@@ -32,6 +34,7 @@ from cpm_jax.model import architecture
 from cpm_jax.training import state as train_states
 
 PARTS = ("train", "inference", "pipeline", "fed", "layers")
+PEERS = ("torch",) + tuple(exported.RUNTIME_FORMATS)    # `compare`'s names
 DEFAULT_PARTS = PARTS[:4]
 STEPS_PER_ROUND, MAX_ROUNDS = 5, 8  # `measure`'s alternation of JAX and PyTorch
 TORCH_MISSING = "PyTorch is not installed (pip install -e '.[bench]' adds the CPU build, torch 2.13)"
@@ -45,6 +48,11 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
     MAX_ROUNDS): the finer they alternate, the less a drift of the machine's speed within the
     run tilts the ratios."""
     rounds = rounds or max(2, min(MAX_ROUNDS, steps // STEPS_PER_ROUND))
+    peers = tuple(p for p in compare.split(",") if p)
+    if set(peers) - set(PEERS):
+        raise errors.ConfigError(f"--compare {compare}: known: {', '.join(PEERS)}")
+    if set(peers) & set(exported.RUNTIME_FORMATS) and "inference" not in parts:
+        raise errors.ConfigError(f"--compare {compare}: exported models are timed predicting; add inference to --parts")
     config = configs.resolve_dtype(config, jax.default_backend())
     if batch % jax.local_device_count():
         raise errors.ConfigError(f"--batch {batch} does not split over {jax.local_device_count()} devices")
@@ -96,7 +104,7 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
         timed(inference.run)
         runners["jax_inference"] = inference.run
     peer = None
-    if compare == "torch":
+    if "torch" in peers:
         on_progress("building the PyTorch peer")
         try:
             peer = TorchPeer(config, state.params, data, param_count)
@@ -110,9 +118,22 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
             if "jax_inference" in runners:
                 timed(peer.run)
                 runners["torch_inference"] = peer.run
+    runtimes = tuple(p for p in peers if p in exported.RUNTIME_FORMATS)
+    served = None
+    if runtimes:
+        on_progress(f"exporting the model for {', '.join(runtimes)} and checking it there")
+        served = exported.ExportedPeers(config, state.params, data, runtimes, on_progress)
+        out["runtime_versions"] = served.versions
+        for name, run in served.runners().items():
+            timed(run)
+            runners[name] = run
     on_progress(f"timing {steps} steps of: {', '.join(runners)}")
-    with compilations() as timed_compilations:
-        times = alternate(runners, steps, rounds if peer else 1, pause)
+    try:
+        with compilations() as timed_compilations:
+            times = alternate(runners, steps, rounds if peer or served else 1, pause)
+    finally:
+        if served:
+            served.close()
     out["recompilations"] = len(again) + len(timed_compilations)
     for name, seconds in times.items():
         for key, value in spread(seconds, batch).items():
@@ -132,9 +153,11 @@ def measure(config: ml_collections.ConfigDict, batch: int, steps: int, parts: tu
         for kind in ("train", "inference"):
             if f"torch_{kind}_images_per_s" in out:
                 out[f"{kind}_ratio"] = out[f"jax_{kind}_images_per_s"] / out[f"torch_{kind}_images_per_s"]
+    for name in runtimes if served else ():
+        out[f"{name}_inference_ratio"] = out["jax_inference_images_per_s"] / out[f"{name}_inference_images_per_s"]
     if "layers" in parts:
         on_progress(f"timing each convolution: {steps} samples of each kind, {LAYER_SAMPLE_S:g} s each")
-        out["layers"] = layers.layer_times(config, batch, steps, compare if peer else "", pause)
+        out["layers"] = layers.layer_times(config, batch, steps, "torch" if peer else "", pause)
         for name in ("jax_forward", "jax_train", "torch_forward", "torch_train"):
             if f"{name}_ms" in out["layers"][0]:
                 out[f"layers_{name}_ms"] = sum(row["count"] * row[f"{name}_ms"] for row in out["layers"])

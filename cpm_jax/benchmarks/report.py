@@ -3,10 +3,11 @@
 One header line (model, batch, dtype, parameters, backend, devices, versions), the convolution
 forms and the oneDNN status, the peak assumed, the memory bandwidth, FLOPs per image, then one
 row per runner (images/s at the median step, the slowest and fastest, seconds per step, the JAX
-/ PyTorch ratio: > 1 means JAX is faster), the per-convolution table (`layer_table`, when the
+/ PyTorch ratio: > 1 means JAX is faster; an exported model's row: "JAX r x", JAX's rate over its), the per-convolution table (`layer_table`, when the
 `layers` part ran), achieved GFLOP/s, compile times and memory. The JSON line of `--json` holds
 the same figures, unrounded.
 """
+from cpm_jax.benchmarks.exported import LABELS as RUNTIME_LABELS
 from cpm_jax.benchmarks.hardware import CACHE_MIB
 from cpm_jax.benchmarks.layers import FORM_NAMES
 
@@ -32,13 +33,18 @@ def summarise(out: dict) -> str:
                      f"{out['xla_train_gflops_per_image']:.3f} G ({xla}, whole step)")
     rows = [("", "images/s (median)", "min .. max", "s/step", "vs PyTorch")]
     for kind in ("train", "inference"):
-        for who in ("jax", "torch"):
+        for who in ("jax", "torch") + tuple(RUNTIME_LABELS):
             key = f"{who}_{kind}"
             if f"{key}_images_per_s" in out:
                 ratio = out.get(f"{kind}_ratio") if who == "jax" else None
-                rows.append((f"{'JAX' if who == 'jax' else 'PyTorch'} {kind}", f"{out[f'{key}_images_per_s']:.1f}",
+                if who in RUNTIME_LABELS:      # the exported model: JAX's rate over this one's
+                    ratio_text = f"JAX {out[f'{who}_inference_ratio']:.2f}x"
+                else:
+                    ratio_text = f"{ratio:.2f}x" if ratio else ""
+                label = {"jax": "JAX", "torch": "PyTorch"}.get(who) or f"exported, {RUNTIME_LABELS[who]}"
+                rows.append((f"{label} {kind}", f"{out[f'{key}_images_per_s']:.1f}",
                              f"{out[f'{key}_min_images_per_s']:.1f} .. {out[f'{key}_max_images_per_s']:.1f}",
-                             f"{out[f'{key}_median_s']:.3f}", f"{ratio:.2f}x" if ratio else ""))
+                             f"{out[f'{key}_median_s']:.3f}", ratio_text))
     if "pipeline_images_per_s" in out:
         rows.append(("input pipeline alone", f"{out['pipeline_images_per_s']:.1f}", "", "", ""))
     if "fed_train_images_per_s" in out:

@@ -17,7 +17,7 @@ def setup() -> Backend:
     take effect) and loads oneDNN's kernels; idempotent."""
     from cpm_jax.cpu import process
     notes = [process.prefer_eigen_cpu_convolutions(), process.keep_freed_memory(),
-             process.run_cpu_computations_inline()]
+             process.run_cpu_computations_inline(), process.idle_openmp_threads_sleep()]
     from cpm_jax.cpu import convolution, onednn  # import JAX, which the XLA flag above must precede
     notes.append(onednn.setup())
     return Backend(convolution.conv_general_dilated, tuple(notes),

@@ -8,6 +8,8 @@
     buffers stop page-faulting back in every step.
   * `run_cpu_computations_inline`: JAX's CPU computations run on the calling thread, so that
     their temporary buffers come from the heap malloc keeps, not a worker thread's arena.
+  * `idle_openmp_threads_sleep`: oneDNN's OpenMP threads sleep when idle instead of spinning, so
+    that the tf.data pipeline's threads and other runtimes in the process get the cores.
 
 Each returns a sentence saying what it did, or why not; each leaves a user's own setting alone.
 Why each helps, with figures: docs/performance.md.
@@ -23,6 +25,7 @@ _MEASURED_JAXLIB = "0.10."  # the flag's speed-up was measured on this series on
 MALLOC_KEEP_BYTES = 1 << 30  # glibc's mmap / trim thresholds set by setup(); see keep_freed_memory
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt options, <malloc.h>
 ASYNC_DISPATCH_VARIABLE = "JAX_CPU_ENABLE_ASYNC_DISPATCH"  # a user's choice; see run_cpu_computations_inline
+OPENMP_WAIT_VARIABLE = "OMP_WAIT_POLICY"    # a user's choice; see idle_openmp_threads_sleep
 
 
 def prefer_eigen_cpu_convolutions() -> str:
@@ -105,3 +108,17 @@ def _jax_backends_initialised() -> bool:
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # another JAX: cannot tell; setting the flag is harmless
         return False
+
+
+def idle_openmp_threads_sleep() -> str:
+    """Sets OMP_WAIT_POLICY=PASSIVE where the user has not chosen, before oneDNN's GNU OpenMP
+    runtime loads (it reads the variable once, then); returns a sentence saying what was done.
+
+    By default GNU OpenMP's threads spin for a while after each parallel region, waiting for the
+    next; between oneDNN's convolutions that is what the other threads of the process need: the
+    input pipeline feeding training, an exported model's runtime timed beside JAX (which ran 2.5x
+    slower). Sleeping costs oneDNN nothing measurable here (docs/performance.md)."""
+    if OPENMP_WAIT_VARIABLE in os.environ:
+        return f"{OPENMP_WAIT_VARIABLE} left as given ({os.environ[OPENMP_WAIT_VARIABLE]!r})"
+    os.environ[OPENMP_WAIT_VARIABLE] = "PASSIVE"
+    return f"{OPENMP_WAIT_VARIABLE}=PASSIVE: oneDNN's idle OpenMP threads sleep instead of spinning"

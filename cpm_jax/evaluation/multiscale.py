@@ -203,12 +203,26 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-int(value) // multiple) * multiple
 
 
+def crop_network(model, config: ml_collections.ConfigDict) -> Callable:
+    """`model` (a CPM) as the predictor's `apply_fn(variables, crops uint8 (N, S, S, 3)) -> beliefs
+    (N, T, S/8, S/8, P+1) float32`: pixels normalised x/256 - 0.5, the centre map of the crop's
+    centre (config.data.center_sigma), eval mode. What `cpm_jax/serving` exports, batch left open."""
+    size = config.model.input_size
+    center = jnp.asarray(targets.center_map(size, sigma=config.data.get("center_sigma", targets.CENTER_SIGMA_PX)))
+
+    def apply(variables, crops):
+        x = architecture.normalise_image(crops.astype(jnp.float32))
+        return model.apply(variables, x, jnp.broadcast_to(center, (crops.shape[0],) + center.shape), train=False)
+    return apply
+
+
 # ------------------------------------------------------------------------------------ predictor
 
 class MultiScalePredictor:
-    """The procedure for one network. `apply_fn(variables, image (N, S, S, 3) normalised x/256 -
-    0.5, center_map (N, S/8, S/8, 1)) -> beliefs (N, T, S/8, S/8, P+1)`, e.g.
-    `lambda v, x, c: CPM(config.model).apply(v, x, c, train=False)` (`for_model`).
+    """The procedure for one network. `apply_fn(variables, crops uint8 (N, S, S, 3)) -> beliefs
+    (N, T, S/8, S/8, P+1)`: `crop_network` (the JAX model, `for_model`) or an exported model's
+    runtime called from the jitted function (`cpm_jax/serving`); the crops are centred on the
+    person, so the network's centre map is the crop's centre.
 
     Batching, shapes (B examples per batch, K scales, T' chosen stages, P parts, h = w = S / 8):
       host   (threads)  decode + `prepare`: crops uint8 (B, K, S, S, 3), geometry (B, K, 2, 2)
@@ -227,8 +241,7 @@ class MultiScalePredictor:
     batch late so that the device queue never runs dry."""
 
     def __init__(self, apply_fn: Callable, variables: Any, input_size: int, num_stages: int,
-                 num_parts: int, options: Options = Options(), flip_permutation: Sequence[int] | None = None,
-                 center_sigma: float = targets.CENTER_SIGMA_PX):
+                 num_parts: int, options: Options = Options(), flip_permutation: Sequence[int] | None = None):
         if input_size % architecture.STRIDE:
             raise ValueError(f"input size {input_size}: must be a multiple of {architecture.STRIDE}")
         stages = options.stages or (num_stages,)
@@ -244,7 +257,6 @@ class MultiScalePredictor:
         self.input_size, self.num_stages, self.num_parts = input_size, num_stages, num_parts
         self.options = dataclasses.replace(options, stages=tuple(stages), scales=tuple(options.scales))
         self.flip_permutation = None if flip_permutation is None else np.asarray(flip_permutation)
-        self.center_map = np.asarray(targets.center_map(input_size, sigma=center_sigma))
         self._network = jax.jit(self._network_fn)
         self._to_image = jax.jit(self._to_image_fn, static_argnames=("canvas",))
         self._maps = jax.jit(self._maps_fn, static_argnames=("canvas",))
@@ -254,11 +266,15 @@ class MultiScalePredictor:
         """A predictor for CPM(config.model) with `variables` ({"params": ...}) and the flip
         permutation of config.data.dataset's skeleton."""
         from cpm_jax import platform
-        network = platform.make_model(config.model)
+        return cls.for_network(config, crop_network(platform.make_model(config.model), config), variables, options)
+
+    @classmethod
+    def for_network(cls, config: ml_collections.ConfigDict, apply_fn: Callable, variables: Any = None,
+                    options: Options = Options()):
+        """A predictor for `apply_fn` (the class docstring) with config's sizes and skeleton."""
         order = registry.get(config.data.dataset).skeleton
-        return cls(lambda v, x, c: network.apply(v, x, c, train=False), variables, config.model.input_size,
-                   config.model.num_stages, config.model.num_parts, options, order.flip_permutation,
-                   config.data.get("center_sigma", targets.CENTER_SIGMA_PX))
+        return cls(apply_fn, variables, config.model.input_size, config.model.num_stages,
+                   config.model.num_parts, options, order.flip_permutation)
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -268,12 +284,10 @@ class MultiScalePredictor:
 
     def _network_fn(self, variables, crops):
         """crops (N, S, S, 3) uint8 -> chosen stages' part maps (N, T', h, w, P), flip-averaged."""
-        x = architecture.normalise_image(crops.astype(jnp.float32))
-        n = x.shape[0]
+        n = crops.shape[0]
         if self.options.flip:
-            x = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
-        center = jnp.broadcast_to(jnp.asarray(self.center_map), (x.shape[0],) + self.center_map.shape)
-        beliefs = self.apply_fn(variables, x, center)
+            crops = jnp.concatenate([crops, crops[:, :, ::-1]], axis=0)
+        beliefs = self.apply_fn(variables, crops)
         parts = beliefs[:, jnp.asarray(self.stages) - 1, ..., :self.num_parts].astype(jnp.float32)
         if self.options.flip:
             # The mirrored crop's map of part perm[j], mirrored back, is part j's map (cell g <->

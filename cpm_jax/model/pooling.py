@@ -29,13 +29,15 @@ def caffe_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     The maximum of the window offsets' strided slices of x, each padded with -inf where windows
     overhang the bottom or right edge (Caffe's ceil mode): padding the slices rather than x lets
     XLA fuse the slices, their maximum and the ReLU before them into one pass that reads x once.
+    `lax.slice`, not NumPy indexing: with a symbolic batch (an export) indexing becomes a gather
+    that TFLite's converter refuses.
     Differentiated, `_forward` computes it."""
     (out_h, out_w), _ = _geometry(x.shape, window, stride)
     slices = []
     for dy in range(window):
         for dx in range(window):
             end_h, end_w = min(x.shape[1], dy + (out_h - 1) * stride + 1), min(x.shape[2], dx + (out_w - 1) * stride + 1)
-            part = x[:, dy:end_h:stride, dx:end_w:stride]
+            part = jax.lax.slice(x, (0, dy, dx, 0), (x.shape[0], end_h, end_w, x.shape[3]), (1, stride, stride, 1))
             slices.append(jnp.pad(part, ((0, 0), (0, out_h - part.shape[1]), (0, out_w - part.shape[2]), (0, 0)),
                                   constant_values=-jnp.inf))
     return functools.reduce(jnp.maximum, slices)

@@ -53,7 +53,8 @@ def export(workdir: str, name: str, directory: str = DIRECTORY, dtype: str = "fl
     info = {
         "name": name, "file": os.path.basename(npz), "sha256": sha256(partial), "dtype": dtype,
         "num_params": int(sum(v.size for v in flat.values())), "bytes": os.path.getsize(partial),
-        "source": {"workdir": os.path.abspath(workdir), "step": int(step)}, "note": note,
+        # How to reproduce it (the note: commands, machine, time), not where it was trained.
+        "source": {"step": int(step)}, "note": note,
         "heldout": heldout,
         "check": {"split": registry.eval_split(config.data), "count": CHECK_EXAMPLES, "joints": joints},
         "config": json.loads(config.to_json_best_effort()),

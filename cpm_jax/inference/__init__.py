@@ -1,0 +1,1 @@
+"""Predicting poses on what users bring: photos and videos, with any model source (`models`)."""

@@ -1,0 +1,1 @@
+"""Exported models: the formats serving runtimes load (`export`) and running them back (`runtimes`)."""
