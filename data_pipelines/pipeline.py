@@ -220,6 +220,7 @@ def record_stream(source, positions: tf.data.Dataset, to_index=None) -> tf.data.
                     for k in keys] + [False]
         return [np.asarray(record[k], _FIELDS[k][0].as_numpy_dtype) for k in keys] + [True]
 
+    @tf.autograph.experimental.do_not_convert
     def to_record(position, index, key):
         values = tf.numpy_function(load, [index, position], [_FIELDS[k][0] for k in keys] + [tf.bool],
                                    stateful=False)
@@ -277,6 +278,7 @@ def train_examples(config: ml_collections.ConfigDict, start: int = 0,
     source = source or registry.open_split(data, "train")
     pooled_center = tf.constant(targets.center_map(size, sigma=data.center_sigma))
 
+    @tf.autograph.experimental.do_not_convert     # plain TF ops: tracing as written is faster
     def prepare(record):
         seed = tf.stack([tf.cast(config.seed, tf.int64), record["key"]])
         crop = augment.train_crop(_label_visibility(record), seed, data, size,
@@ -319,6 +321,7 @@ def eval_batches(config: ml_collections.ConfigDict, num_devices: int, split: str
     watch_skips(source, split or registry.eval_split(data), data, count)
     pooled_center = tf.constant(targets.center_map(size, sigma=data.center_sigma))
 
+    @tf.autograph.experimental.do_not_convert     # plain TF ops: tracing as written is faster
     def prepare(record):
         crop = augment.eval_crop(record, data, size)
         return {

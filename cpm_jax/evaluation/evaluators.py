@@ -165,7 +165,8 @@ class CropEvaluator:
         parts = list(canonical_crops(self.config, self.split, num))
         batch = {k: np.concatenate([p[k] for p in parts])[:num] for k in parts[0]}
         model = platform.make_model(self.config.model)
-        beliefs = np.asarray(model.apply(variables, batch["image"], batch["center_map"], train=False))
+        forward = jax.jit(lambda v, image, center: model.apply(v, image, center, train=False))  # not op by op
+        beliefs = np.asarray(forward(variables, batch["image"], batch["center_map"]))
         joints, _ = jax.device_get(decoding.stage_joints(beliefs))
         return [visualize.to_uint8(im) for im in batch["image"]], beliefs, np.asarray(joints), batch
 
