@@ -239,8 +239,8 @@ def build_card(config: ml_collections.ConfigDict, source: dict, heldout, files: 
                     "bicubic, grey (128) outside the image; crop px q <-> image px c + (q - (S - 1) / 2) / f",
             "whole_photo": f"the LSP rule: centre = the image centre, f = {multiscale.LSP_HEIGHT_FRACTION:g} x "
                            f"{size} / image height",
-            "see": "README.md, 'A trained model on your photo' (python -m cpm_jax.predict; --model runs "
-                   "an export)"},
+            "see": "README.md, 'Video, and the model outside cpm_jax' (python -m cpm_jax.predict --model "
+                   "runs an export as the JAX model runs)"},
         "skeleton": {"dataset": data.dataset, "joint_names": list(skeleton.joint_names),
                      "limbs": [list(limb) for limb in skeleton.limbs],
                      "flip_permutation": list(skeleton.flip_permutation)},

@@ -1,6 +1,6 @@
 """An exported model loaded back in its own runtime: `load(path) -> Exported`.
 
-`path`: a .onnx file (onnxruntime), a .tflite file (TensorFlow Lite's interpreter), a SavedModel
+`path`: a .onnx file (onnxruntime), a .tflite file (LiteRT, TensorFlow Lite's runtime), a SavedModel
 directory (TensorFlow; its graph holds an XlaCallModule op, so TensorFlow runs it, not TF Serving
 without XLA), or the export directory itself (then model.onnx, else saved_model, else
 model.tflite, whichever exists). Every file is checked against the export's model_card.json
