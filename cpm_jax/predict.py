@@ -31,6 +31,7 @@ import numpy as np
 from absl import flags
 
 from cpm_jax import errors, outputs
+from cpm_jax.inference.resizing import resized, shrink
 
 FLAGS = flags.FLAGS
 MAX_IMAGE_SIDE = 1024     # px: larger photos are resized first (the network sees < 400 px of a person)
@@ -87,28 +88,10 @@ def _decode_reduced(data: bytes, max_side: int):
                 if drafted is not None:
                     scale = width / drafted[1][2]       # its box: the photo's extent in decoded px
             image.load()                                # a truncated file raises here
-            small, ratio = _resized(image if image.mode == "RGB" else image.convert("RGB"), max_side)
+            small, ratio = resized(image if image.mode == "RGB" else image.convert("RGB"), max_side)
             return small, (width, height), ratio / scale
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
-
-
-def shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image resized so that its longer side is at most `max_side` px, (x, y) ratio new / old)."""
-    from PIL import Image
-    if max(image.shape[:2]) <= max_side:
-        return image, np.ones(2)
-    return _resized(Image.fromarray(image), max_side)
-
-
-def _resized(image, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """(PIL `image` resized bicubically so that its longer side is `max_side` px, as uint8, (x, y)
-    ratio new / old)."""
-    from PIL import Image
-    ratio = max_side / max(image.size)
-    size = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
-    small = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
-    return small, np.array([size[0] / image.width, size[1] / image.height])
 
 
 def _picture_path(out: str, image_path: str, taken: set) -> str:

@@ -28,11 +28,10 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
 from cpm_jax import errors, outputs, progress
 from cpm_jax.evaluation import multiscale, single_person
-from cpm_jax.inference import frames, models, tracking
+from cpm_jax.inference import frames, models, resizing, tracking
 from data_pipelines import registry
 
 PROGRESS_EVERY_S = 5.0
@@ -69,17 +68,6 @@ def run(source: models.Source, path: str, out: str, options: multiscale.Options,
 def output_paths(out: str, path: str) -> tuple[str, str]:
     stem = os.path.splitext(os.path.basename(path))[0] or "video"
     return os.path.join(out, f"{stem}.jsonl"), os.path.join(out, f"{stem}_pose.mp4")
-
-
-def _shrunk(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the frame with its longer side at most `max_side` px, (x, y) ratio of its px to the frame's)."""
-    height, width = rgb.shape[:2]
-    if max(height, width) <= max_side:
-        return rgb, np.ones(2)
-    r = max_side / max(height, width)
-    size = (max(1, round(width * r)), max(1, round(height * r)))
-    small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))
-    return small, np.array([size[0] / width, size[1] / height])
 
 
 def predict_video(model: models.Model, path: str, out: str, options: multiscale.Options, center=None,
@@ -121,7 +109,7 @@ def predict_video(model: models.Model, path: str, out: str, options: multiscale.
                 writer = frames.Writer(partial[1], info.width, info.height, info.fps / every)
             for index, seconds, rgb in reader:
                 where = tracker.person
-                small, ratio = _shrunk(rgb, max_side)
+                small, ratio = resizing.shrink(rgb, max_side)
                 shown = multiscale.Person(tuple((np.asarray(where.center) + 0.5) * ratio - 0.5),
                                           where.base_factor / float(ratio[1]))
                 joints, peaks = predictor.predict(small, shown)
