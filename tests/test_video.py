@@ -1,8 +1,9 @@
 """`python -m cpm_jax.predict clip.mp4` as a user runs it: the shipped `synthetic` model follows a
 synthetic figure walking across the frame while it turns (tests/videos.py) to within PCK@0.2 of
 the truth, writing one JSON line per processed frame and a pose MP4 that decodes to the same
-frames; --every / --max_frames pick the frames; a truncated download keeps the frames that
-decode and says where it stopped; files that are not videos, have no frames, or come with a photo
+frames; --every / --max_frames pick the frames; a phone's portrait clip (turned frames plus a
+display rotation) is read upright; a truncated download keeps the frames that decode and says
+where it stopped; files that are not videos, have no frames, or come with a photo
 are one error line and leave nothing behind. The follow rule (inference/tracking.py) on its own:
 moving, size, "lost" and "reset"."""
 import errno
@@ -252,3 +253,20 @@ def test_a_write_failure_part_way_leaves_no_outputs(clip, tmp_path, monkeypatch)
         video.predict_video(blind_model(tiny_config()), str(clip[0]), str(tmp_path), multiscale.Options(scales=(1.0,)),
                             log=lambda line: None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("turn", [90, -90, 180])
+def test_a_phone_clip_stored_turned_with_a_display_rotation_is_read_upright(turn, tmp_path):
+    """Phones store a portrait clip as landscape frames plus a display rotation; the reader (so
+    the network, the JSON pixels and the pose video) sees what a player shows."""
+    y, x = np.mgrid[0:96, 0:64]
+    shown = np.stack([4 * x, 2.5 * y, np.where((x < 20) & (y < 30), 255, 40)], -1).astype(np.uint8)
+    stored = np.rot90(shown, -turn // 90)                    # what the camera writes
+    path = tmp_path / "phone.mp4"
+    videos.write(path, [stored] * 3, rotation=turn)
+    info = frames.probe(str(path))
+    assert (info.width, info.height) == (64, 96)
+    read = [rgb for _, _, rgb in frames.Reader(str(path))]
+    assert len(read) == 3 and all(rgb.shape == shown.shape for rgb in read)
+    error = np.abs(read[0].astype(float) - shown).mean()
+    assert error < 4, error                                  # H.264's loss only

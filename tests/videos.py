@@ -65,12 +65,15 @@ def walking_frames(n: int = 40, width: int = 256, height: int = 192, figure_heig
 
 
 def write(path, frames: Iterable[np.ndarray], fps: int = 25, codec: str = "libx264",
-          faststart: bool = False) -> int:
+          faststart: bool = False, rotation: int = 0) -> int:
     """Encodes RGB frames (H, W, 3) uint8 (even H, W) into `path` (container by its extension;
-    `faststart`: an MP4's index at the start, as streaming sites write them). Frame count."""
+    `faststart`: an MP4's index at the start, as streaming sites write them; `rotation`: a display
+    rotation, degrees counter-clockwise, as phones store portrait clips). Frame count."""
     container = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
     stream = container.add_stream(codec, rate=Fraction(fps))
     stream.pix_fmt = "yuv420p"
+    if rotation:
+        stream.set_display_rotation(rotation)
     count = 0
     for frame in frames:
         if count == 0:

@@ -1,7 +1,9 @@
 """Video in and out with PyAV (FFmpeg): `probe` a file (one-line errors naming it), `Reader`
 streams its decoded frames, `Writer` encodes frames into an MP4, `draw_pose` draws a skeleton
-on a frame with PIL. Frames are RGB uint8 (H, W, 3) in the video's own pixels; one is held at a
-time, so memory does not grow with the video's length.
+on a frame with PIL. Frames are RGB uint8 (H, W, 3) in the video's pixels as a player shows
+them: a phone's portrait clip, stored as landscape frames with a display rotation, comes out
+upright (the rotation applied in quarter turns). One frame is held at a time, so memory does not
+grow with the video's length.
 
 Decoding: a packet that does not decode (a damaged or truncated file) is skipped and counted;
 `Reader.problem()` then says where, as does a file that ends before the frame count its
@@ -33,7 +35,7 @@ def is_video(path: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    """What the container says: frame size px, rate (frames/s), frame count (None: not listed)."""
+    """What the container says: frame size px (as displayed), rate (frames/s), frame count (None: not listed)."""
     path: str
     width: int
     height: int
@@ -79,6 +81,14 @@ def probe(path: str) -> VideoInfo:
         container.close()
 
 
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame's RGB (H, W, 3) as displayed: turned by its display matrix's counter-clockwise
+    angle, rounded to quarter turns (phones record in 90-degree steps); unrotated frames as stored."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarters = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarters)) if quarters else rgb
+
+
 class Reader:
     """Iterates over (index, time s, RGB uint8 (H, W, 3)) of every `every`-th decoded frame
     (indices 0, every, 2 every, ...), at most `max_frames` of them (None: all)."""
@@ -104,7 +114,7 @@ class Reader:
                 if index % self.every:
                     continue
                 time = frame.time - start if frame.time is not None else index / rate
-                yield index, round(max(time, 0.0), 6), frame.to_ndarray(format="rgb24")
+                yield index, round(max(time, 0.0), 6), _upright(frame)
                 given += 1
                 if self.max_frames is not None and given >= self.max_frames:
                     return
