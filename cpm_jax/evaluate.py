@@ -6,6 +6,7 @@
         [--config.key=value] [--split S] [--stages all|last|1,3] [--scales 0.7,0.8,...,1.3] [--flip] \\
         [--subpixel] [--person image|annotated] [--count N] [--batch_size 4] [--out FILE] [--json]
     python -m cpm_jax.evaluate mean_pose --config EXPERIMENT.py [--split S] [--count N] [--json]
+    python -m cpm_jax.evaluate single_person --pretrained NAME|--workdir DIR|--model FILE [--count N] [--json]
 
 `score` scores a prediction file (any format of prediction_files.py) against official annotations:
 LSP PCK@0.2 (--split test: images 1001-2000, or train), FLIC PCK@0.2 of elbows and wrists (test:
@@ -14,7 +15,8 @@ the istest examples, or train), MPII PCKh@0.5 (a RELEASE file: --split valid wit
 workdir's newest checkpoint (or a shipped model) with the release's multi-scale test
 (cpm_jax/evaluation/multiscale.py; docs/paper_notes.md section 5), writes one project prediction
 file per stage, which `score` reads, and prints every stage's metric by part group (the paper's
-figure 6c). `mean_pose` scores the baseline a model must beat. `score_main`, `run_main` and
+figure 6c). `mean_pose` scores the baseline a model must beat. `single_person` measures how often
+predict's one-person warning fires on one person and on two (evaluation/single_person_rates.py). `score_main`, `run_main` and
 `mean_pose_main` describe each one's options and output. Errors the user can fix (a file that
 cannot be read, a wrong shape or count, no checkpoint, a bad stage list) print one message naming
 the file, directory or value and exit 1 (a traceback with -v 1).
@@ -348,22 +350,78 @@ def mean_pose_main(argv) -> None:
           f"{result.label} {scores['total']:.3f}  ({parts})")
 
 
+def _define_single_person_flags(argv) -> Callable:
+    flags.DEFINE_string("workdir", None, "Training workdir: its newest checkpoint.")
+    flags.DEFINE_string("pretrained", None, "Instead of --workdir: a model shipped in pretrained/ (e.g. lspet_cpu).")
+    flags.DEFINE_string("model", None, "Instead of --workdir: an exported model (python -m cpm_jax.export).")
+    flags.DEFINE_string("data_path", None, "The dataset's folder (default: the model's config.data.paths).")
+    flags.DEFINE_integer("count", 0, "Judge the first COUNT photos that fit the default placement (0: all).",
+                         lower_bound=0)
+    flags.DEFINE_bool("json", False, "Print one JSON object (the last line) instead of a table.")
+    flags.mark_flags_as_mutual_exclusive(["workdir", "pretrained", "model"], required=True)
+    return single_person_main
+
+
+def single_person_main(argv) -> None:
+    """`single_person`: the rates of predict's single-person warning, each sign's and the
+    warning's, on the evaluation split's one-person photos that the default placement fits and on
+    pairs of them side by side (`single_person_rates`), with a progress line every 100 images."""
+    import time
+
+    from absl import app
+
+    from cpm_jax.evaluation import multiscale, single_person_rates
+    from cpm_jax.inference import models
+    from data_pipelines import registry
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    model = models.load(models.Source(FLAGS.workdir, FLAGS.pretrained, FLAGS.model))
+    config = model.config
+    if FLAGS.data_path:
+        config.data.paths[config.data.dataset] = FLAGS.data_path
+    registry.check_files(config.data, [registry.eval_split(config.data)])
+    predictor = model.predictor(multiscale.Options(batch_size=1))
+    started = time.perf_counter()
+
+    def on_image(kind: str, done: int) -> None:
+        if kind == "single" and done % 100 == 0:
+            print(f"single_person: {done} photos and their pairs judged ({time.perf_counter() - started:.0f} s)",
+                  file=sys.stderr, flush=True)
+    rates = single_person_rates.measure(predictor, config, single_person_rates.fitting_photos(config, FLAGS.count),
+                                        on_image)
+    report = {**rates.as_dict(), "seconds": time.perf_counter() - started}
+    if FLAGS.json:
+        print(json.dumps(report))
+        return
+    for kind, label in (("single", "one person"), ("pair", "two people side by side")):
+        r = rates.rates[kind]
+        if r is None:
+            print(f"{label}: no images")
+            continue
+        print(f"{label} ({rates.counts[kind]} images): warned {100 * r['warning']:.1f}%  (weak "
+              f"{100 * r['weak']:.1f}%, two peaks {100 * r['two_peaks']:.1f}%, long limbs "
+              f"{100 * r['long_limbs']:.1f}%; mean belief p5/p25/p50 "
+              + "/".join(f"{v:.2f}" for v in r["mean_belief_percentiles"].values()) + ")")
+
+
 SUBCOMMANDS: dict[str, tuple[Callable, str]] = {
     "score": (_define_score_flags, "score a prediction file against official annotations"),
     "run": (_define_run_flags, "run the multi-scale test of a workdir's checkpoint over a split: files + "
                                "PCK per stage"),
     "mean_pose": (_define_mean_pose_flags, "score the mean-pose baseline (no model) the way training scores "
                                            "a model"),
+    "single_person": (_define_single_person_flags, "how often predict's one-person warning fires on one "
+                                                   "person and on two"),
 }
 
 
 def _usage() -> str:
     return ("usage: python -m cpm_jax.evaluate SUBCOMMAND [--flags]  (SUBCOMMAND --help for its flags)\n"
-            + "\n".join(f"  {name:<8} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()))
+            + "\n".join(f"  {name:<13} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()))
 
 
 def main(argv: list[str]) -> None:
-    """argv[1] names the subcommand; set-up (TensorFlow only for run), then its flags are
+    """argv[1] names the subcommand; set-up (TensorFlow unless it only scores files), then its flags are
     defined, then cli.run runs it on the rest."""
     from cpm_jax import cli, runtime
     name = argv[1] if len(argv) > 1 else None
@@ -373,7 +431,7 @@ def main(argv: list[str]) -> None:
     if name not in SUBCOMMANDS:
         print((f"unknown subcommand {name!r}\n" if name else "no subcommand\n") + _usage(), file=sys.stderr)
         sys.exit(1)
-    runtime.setup(tensorflow=name in ("run", "mean_pose"))
+    runtime.setup(tensorflow=name in ("run", "mean_pose", "single_person"))
     rest = [f"{argv[0]} {name}", *argv[2:]]
     cli.run(SUBCOMMANDS[name][0](rest), argv=rest)
 

@@ -171,11 +171,11 @@ def predict_images(workdir: str | None, paths: list[str], center: tuple[float, f
         # The same placement in the resized image's pixels (centre px p -> (p + 0.5) r - 0.5).
         where = multiscale.Person(tuple((np.asarray(person.center) + 0.5) * ratio - 0.5),
                                   person.base_factor / float(ratio[1]))
-        shown, peak, maps, map_ratio = predictor.predict_with_maps(small, where, max_side)
+        prediction = predictor.predict_with_maps(small, where, max_side)
+        shown, peak, maps, _ = prediction
         # Back to the photo's own pixels (inside it: a JPEG decoded at 1/s may pad its last block).
         joints = np.clip((shown + 0.5) / ratio - 0.5, 0, [width - 1, height - 1])
-        evidence = single_person.check(maps[-1], peak[-1], (shown[-1] + 0.5) * map_ratio - 0.5,
-                                       size / where.base_factor * map_ratio, order)
+        evidence = single_person.of_prediction(prediction, where.base_factor, size, order)
         warnings = [_not_one_person(evidence, center is None or scale is None)] if evidence.reasons() else []
         for warning in warnings:
             log(f"predict: warning: {path}: {warning}")

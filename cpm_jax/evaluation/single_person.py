@@ -37,14 +37,20 @@ class Evidence:
     two_peak_parts: tuple[str, ...]    # parts with two strong peaks far apart
     long_limbs: tuple[str, ...]        # limbs ("a-b") longer than LONG_LIMB window
 
+    def signs(self) -> dict[str, bool]:
+        """Whether each sign is over its threshold: "weak", "two_peaks", "long_limbs"."""
+        return {"weak": self.mean_belief < WEAK_MEAN_BELIEF,
+                "two_peaks": len(self.two_peak_parts) >= TWO_PEAKS_PARTS,
+                "long_limbs": len(self.long_limbs) >= LONG_LIMBS}
+
     def reasons(self) -> list[str]:
         """One phrase per sign over its threshold; empty: nothing says it is not one person."""
-        found = []
-        if self.mean_belief < WEAK_MEAN_BELIEF:
+        signs, found = self.signs(), []
+        if signs["weak"]:
             found.append(f"weak beliefs: mean peak {self.mean_belief:.2f} < {WEAK_MEAN_BELIEF}")
-        if len(self.two_peak_parts) >= TWO_PEAKS_PARTS:
+        if signs["two_peaks"]:
             found.append(f"{len(self.two_peak_parts)} parts with two distant peaks")
-        if len(self.long_limbs) >= LONG_LIMBS:
+        if signs["long_limbs"]:
             found.append(f"{len(self.long_limbs)} limbs too long for one person")
         return found
 
@@ -83,3 +89,10 @@ def check(maps: np.ndarray, peaks: np.ndarray, joints: np.ndarray, window: float
     belief; joints (P, 2) and `window` in the maps' px."""
     return Evidence(float(np.mean(peaks)), two_peak_parts(maps, window, order),
                     long_limbs(joints, window, order))
+
+
+def of_prediction(prediction, base_factor: float, input_size: int, order: skeleton.Skeleton) -> Evidence:
+    """`check` of `MultiScalePredictor.predict_with_maps`'s (joints, peaks, maps, ratio) for a
+    person placed at zoom `base_factor` (the window: input_size / base_factor image px)."""
+    joints, peaks, maps, ratio = prediction
+    return check(maps[-1], peaks[-1], (joints[-1] + 0.5) * ratio - 0.5, input_size / base_factor * ratio, order)
