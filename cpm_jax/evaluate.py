@@ -16,8 +16,8 @@ workdir's newest checkpoint (or a shipped model) with the release's multi-scale 
 (cpm_jax/evaluation/multiscale.py; docs/paper_notes.md section 5), writes one project prediction
 file per stage, which `score` reads, and prints every stage's metric by part group (the paper's
 figure 6c). `mean_pose` scores the baseline a model must beat. `single_person` measures how often
-predict's one-person warning fires on one person and on two (evaluation/single_person_rates.py). `score_main`, `run_main` and
-`mean_pose_main` describe each one's options and output. Errors the user can fix (a file that
+predict's one-person warning fires on one person and on two (inference/single_person_rates.py).
+Each `<name>_main` describes its options and output. Errors the user can fix (a file that
 cannot be read, a wrong shape or count, no checkpoint, a bad stage list) print one message naming
 the file, directory or value and exit 1 (a traceback with -v 1).
 
@@ -370,8 +370,8 @@ def single_person_main(argv) -> None:
 
     from absl import app
 
-    from cpm_jax.evaluation import multiscale, single_person_rates
-    from cpm_jax.inference import models
+    from cpm_jax.evaluation import multiscale
+    from cpm_jax.inference import models, single_person_rates
     from data_pipelines import registry
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cpm_jax.evaluation import single_person, single_person_rates
+from cpm_jax.evaluation import single_person
+from cpm_jax.inference import single_person_rates
 from tests.conftest import ROOT, python_env
 
 
