@@ -54,6 +54,16 @@ def test_export_then_load_gives_the_checkpoint_rounded_to_float16(shipped):
     assert info["sha256"] == pretrained.sha256(os.path.join(directory, "tiny.npz"))
 
 
+def test_the_record_keeps_dataset_paths_relative_to_the_checkout_not_the_machine(tmp_path, monkeypatch):
+    import ml_collections
+    monkeypatch.chdir(tmp_path / "..")
+    config = ml_collections.ConfigDict({"data": {"paths": {"lspet": str(tmp_path / "lspet"), "lsp": "",
+                                                           "mpii": "data/mpii"}}, "model": {"num_stages": 2}})
+    recorded = release.recorded_config(config)
+    assert recorded["data"]["paths"] == {"lspet": os.path.join(tmp_path.name, "lspet"), "lsp": "", "mpii": "data/mpii"}
+    assert recorded["model"] == {"num_stages": 2}
+
+
 def test_loading_reproduces_the_recorded_joints_exactly(shipped):
     directory, name, _ = shipped
     same, recomputed, recorded = release.check(name, directory)

@@ -57,13 +57,25 @@ def export(workdir: str, name: str, directory: str = DIRECTORY, dtype: str = "fl
         "source": {"step": int(step)}, "note": note,
         "heldout": heldout,
         "check": {"split": registry.eval_split(config.data), "count": CHECK_EXAMPLES, "joints": joints},
-        "config": json.loads(config.to_json_best_effort()),
+        "config": recorded_config(config),
     }
     with open(record + ".partial", "w") as f:
         json.dump(info, f, indent=1)
     os.replace(partial, npz)
     os.replace(record + ".partial", record)
     return info
+
+
+def recorded_config(config: ml_collections.ConfigDict) -> dict:
+    """The config as the record keeps it: dataset paths relative to the working directory (export
+    runs from the checkout's root, the directory experiment files' paths are relative to), so that
+    the record says where the data lies beside a checkout, not on the machine that trained it."""
+    recorded = json.loads(config.to_json_best_effort())
+    paths = recorded.get("data", {}).get("paths", {})
+    for key, path in paths.items():
+        if isinstance(path, str) and os.path.isabs(path):
+            paths[key] = os.path.relpath(path)
+    return recorded
 
 
 def check(name: str, directory: str = DIRECTORY) -> tuple[bool, np.ndarray, np.ndarray]:
