@@ -400,7 +400,7 @@ def single_person_main(argv) -> None:
             continue
         print(f"{label} ({rates.counts[kind]} images): warned {100 * r['warning']:.1f}%  (weak "
               f"{100 * r['weak']:.1f}%, two peaks {100 * r['two_peaks']:.1f}%, long limbs "
-              f"{100 * r['long_limbs']:.1f}%; mean belief p5/p25/p50 "
+              f"{100 * r['long_limbs']:.1f}%; mean belief p1/p5/p25/p50 "
               + "/".join(f"{v:.2f}" for v in r["mean_belief_percentiles"].values()) + ")")
 
 

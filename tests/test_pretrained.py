@@ -52,6 +52,8 @@ def test_export_then_load_gives_the_checkpoint_rounded_to_float16(shipped):
         assert flat_loaded[key].dtype == np.float32
         np.testing.assert_array_equal(flat_loaded[key], np.asarray(value).astype(np.float16).astype(np.float32))
     assert info["sha256"] == pretrained.sha256(os.path.join(directory, "tiny.npz"))
+    with open(os.path.join(directory, "tiny.json")) as f:       # how to reproduce it, not where it was
+        assert str(workdir) not in f.read()
 
 
 def test_the_record_keeps_dataset_paths_relative_to_the_checkout_not_the_machine(tmp_path, monkeypatch):
@@ -162,6 +164,19 @@ def test_the_shipped_model_reproduces_its_recorded_heldout_joints():
     recomputed = release.heldout_joints(config, variables, info["check"]["count"])
     recorded = np.asarray(info["check"]["joints"], np.float32)
     np.testing.assert_array_equal(recomputed.astype(np.float32), recorded)
+
+
+@pytest.mark.parametrize("name", [SHIPPED, "synthetic"])
+def test_a_shipped_record_names_no_path_of_the_machine_that_made_it(name):
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+    info = pretrained.read_info(name)
+    assert [s for s in strings(info) if os.path.isabs(s)] == []
+    assert info["source"] == {"step": info["heldout"]["step"]} and "python -m cpm_jax.train" in info["note"]
 
 
 def test_predict_with_the_shipped_model_on_a_real_photo_gives_joints_inside_it(tmp_path):

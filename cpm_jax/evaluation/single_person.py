@@ -3,7 +3,8 @@ network looked: the CPM is single-person by design (docs/paper_notes.md section 
 placed by a centre and a scale), so two people side by side give one skeleton straddling both.
 
 `check` measures three signs, each against a threshold chosen on the shipped lspet_cpu model
-(single held-out LSPET photos against composites of two LSPET people pasted side by side):
+(`python -m cpm_jax.evaluate single_person`: held-out LSPET photos of one person against pairs
+of them pasted side by side; inference/single_person_rates.py):
 weak beliefs (a low mean of the parts' peak beliefs), parts whose map has two strong peaks far
 apart, and limbs too long for one person. Lengths are in units of the window, the side of the
 network's crop at scale 1 in the photo (input size / base zoom): the person is about 0.64 of it.
@@ -15,18 +16,18 @@ from scipy import ndimage
 
 from data_pipelines import skeleton
 
-# Figures: lspet_cpu on 458 single held-out LSPET photos / 179 two-person composites.
-# Weak: below it 1.7% of single photos (their 1st percentile 0.155), 8.4% of composites.
-WEAK_MEAN_BELIEF = 0.16
+# Figures: lspet_cpu on 398 held-out one-person photos / 199 pairs (`evaluate single_person`).
+# Weak: about single photos' 1st percentile (0.215): below it 0.8% of them, 35.7% of pairs.
+WEAK_MEAN_BELIEF = 0.21
 # A second peak of at least 0.7 x the part's maximum: weaker ones are the model's usual noise.
 TWO_PEAKS_RATIO = 0.7
 # At least 0.4 window apart: a person's own left/right confusions (wrists, ankles) lie closer.
 TWO_PEAKS_DISTANCE = 0.4
-# So many parts with two peaks: 0.9% of single photos, 12.8% of composites (3: 3% / 20%).
+# So many parts with two peaks: 0.8% of single photos, 6.5% of pairs.
 TWO_PEAKS_PARTS = 4
-# A limb over 0.22 window (a third of the person's height): 39% of single photos have one ...
+# A limb over 0.22 window (a third of the person's height): one alone is common in one person ...
 LONG_LIMB = 0.22
-# ... 4 or more: 4.1% of single photos, 29.6% of composites (3: 10% / 52%). All three: 5.9% / 36%.
+# ... 4 or more: 4.3% of single photos, 22.6% of pairs. Any sign (the warning): 5.3% / 47.2%.
 LONG_LIMBS = 4
 PEAK_NEIGHBOURHOOD = 5         # px of the picture's maps: a local maximum is the largest in 5 x 5
 
@@ -47,7 +48,7 @@ class Evidence:
         """One phrase per sign over its threshold; empty: nothing says it is not one person."""
         signs, found = self.signs(), []
         if signs["weak"]:
-            found.append(f"weak beliefs: mean peak {self.mean_belief:.2f} < {WEAK_MEAN_BELIEF}")
+            found.append(f"weak beliefs: mean peak {self.mean_belief:.3f} < {WEAK_MEAN_BELIEF}")
         if signs["two_peaks"]:
             found.append(f"{len(self.two_peak_parts)} parts with two distant peaks")
         if signs["long_limbs"]:

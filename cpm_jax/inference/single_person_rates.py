@@ -56,7 +56,7 @@ def judge(predictor, image: np.ndarray, config) -> single_person.Evidence:
 @dataclasses.dataclass
 class Rates:
     """Per kind ("single", "pair"): how many images, each sign's rate, the warning's rate and the
-    mean-belief percentiles (5, 25, 50)."""
+    mean-belief percentiles (1, 5, 25, 50)."""
     counts: dict
     rates: dict
 
@@ -88,7 +88,7 @@ def measure(predictor, config, photos: Iterator[np.ndarray], on_image: Callable[
             continue
         rates[kind] = {sign: float(np.mean([r[sign] for r in rows])) for sign in rows[0]}
         rates[kind]["warning"] = float(np.mean([any(r.values()) for r in rows]))
-        rates[kind]["mean_belief_percentiles"] = {str(q): float(np.percentile(beliefs[kind], q)) for q in (5, 25, 50)}
+        rates[kind]["mean_belief_percentiles"] = {str(q): float(np.percentile(beliefs[kind], q)) for q in (1, 5, 25, 50)}
     return Rates({kind: len(rows) for kind, rows in found.items()}, rates)
 
 

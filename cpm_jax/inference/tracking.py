@@ -72,7 +72,7 @@ def estimate(joints: np.ndarray, peaks: np.ndarray, order: skeleton.Skeleton, sc
         return Estimate(False, "non-finite joints or beliefs")
     mean = float(peaks.mean())
     if mean < single_person.WEAK_MEAN_BELIEF:
-        return Estimate(False, f"weak beliefs: mean peak {mean:.2f} < {single_person.WEAK_MEAN_BELIEF}")
+        return Estimate(False, f"weak beliefs: mean peak {mean:.3f} < {single_person.WEAK_MEAN_BELIEF}")
     confident = peaks >= CONFIDENT_FRACTION * np.median(peaks)
     low, high = joints[confident].min(0), joints[confident].max(0)
     if (high - low).max() < MIN_BOX * scale:

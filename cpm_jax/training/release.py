@@ -46,6 +46,7 @@ def export(workdir: str, name: str, directory: str = DIRECTORY, dtype: str = "fl
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             heldout = json.load(f)
+        heldout.pop("pictures", None)             # the workdir's files: not shipped, not this record's
     os.makedirs(directory, exist_ok=True)
     npz, record = paths(name, directory)
     partial = npz + ".partial.npz"
