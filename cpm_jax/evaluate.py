@@ -8,23 +8,18 @@
     python -m cpm_jax.evaluate mean_pose --config EXPERIMENT.py [--split S] [--count N] [--json]
     python -m cpm_jax.evaluate single_person --pretrained NAME|--workdir DIR|--model FILE [--count N] [--json]
 
-`score` scores a prediction file (any format of prediction_files.py) against official annotations:
+`score` scores a prediction file (prediction_files.py formats) against official annotations:
 LSP PCK@0.2 (--split test: images 1001-2000, or train), FLIC PCK@0.2 of elbows and wrists (test:
 the istest examples, or train), MPII PCKh@0.5 (a RELEASE file: --split valid with
 --mpii_validation, or train; a one-person-per-entry annolist: --split entries). `run` evaluates a
-workdir's newest checkpoint (or a shipped model) with the release's multi-scale test
-(cpm_jax/evaluation/multiscale.py; docs/paper_notes.md section 5), writes one project prediction
-file per stage, which `score` reads, and prints every stage's metric by part group (the paper's
-figure 6c). `mean_pose` scores the baseline a model must beat. `single_person` measures how often
-predict's one-person warning fires on one person and on two (inference/single_person_rates.py).
-Each `<name>_main` describes its options and output. Errors the user can fix (a file that
-cannot be read, a wrong shape or count, no checkpoint, a bad stage list) print one message naming
-the file, directory or value and exit 1 (a traceback with -v 1).
-
-Metrics, person rules and score commands come from each dataset's registry record
-(data_pipelines/registry.py); scoring lives in evaluation/scoring.py, annotation loaders in
-evaluation/ground_truth.py. A subcommand is a `_define_<name>_flags(argv)` (defines its flags,
-returns its main) and an entry in SUBCOMMANDS; flags are defined only under __main__.
+checkpoint or shipped model with the release's multi-scale test (evaluation/multiscale.py),
+writes one prediction file per stage for `score` and prints every stage's metric by part group
+(the paper's figure 6c). `mean_pose` scores the baseline a model must beat. `single_person`:
+how often predict's one-person warning fires on one person and on two. Each `<name>_main`
+describes its options and output; errors the user can fix print one line naming the file,
+directory or value, exit 1. Metrics, person rules and score commands come from each dataset's
+registry record (data_pipelines/registry.py). A subcommand is a `_define_<name>_flags(argv)`
+(defines its flags, returns its main) and an entry in SUBCOMMANDS.
 """
 import json
 import os
