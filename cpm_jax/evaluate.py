@@ -365,16 +365,22 @@ def single_person_main(argv) -> None:
 
     from absl import app
 
+    from cpm_jax import errors
     from cpm_jax.evaluation import multiscale
     from cpm_jax.inference import models, single_person_rates
     from data_pipelines import registry
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    model = models.load(models.Source(FLAGS.workdir, FLAGS.pretrained, FLAGS.model))
-    config = model.config
+    source = models.Source(FLAGS.workdir, FLAGS.pretrained, FLAGS.model)
+    data = models.open_config(source).data               # the data is checked before the model loads
     if FLAGS.data_path:
-        config.data.paths[config.data.dataset] = FLAGS.data_path
-    registry.check_files(config.data, [registry.eval_split(config.data)])
+        if data.dataset not in data.paths:
+            raise errors.InputError(f"--data_path {FLAGS.data_path}: dataset {data.dataset!r} reads no files")
+        data.paths[data.dataset] = FLAGS.data_path
+    registry.check_files(data, [registry.eval_split(data)])
+    model = models.load(source)
+    config = model.config
+    config.data = data
     predictor = model.predictor(multiscale.Options(batch_size=1))
     started = time.perf_counter()
 

@@ -34,10 +34,14 @@ def test_pairs_of_people_are_warned_about_more_often_than_one_person():
     assert report["thresholds"]["weak_mean_belief"] == single_person.WEAK_MEAN_BELIEF
 
 
-def test_an_unknown_model_is_one_line():
-    result = evaluate("--pretrained", "no_such_model")
+@pytest.mark.parametrize("args, named", [
+    (["--pretrained", "no_such_model"], "no_such_model"),
+    (["--pretrained", "synthetic", "--data_path", "/data/lspet"], "--data_path /data/lspet: dataset 'synthetic' reads no files"),
+])
+def test_an_unknown_model_or_a_data_path_for_no_files_is_one_line(args, named):
+    result = evaluate(*args)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "no_such_model" in result.stderr.strip().splitlines()[-1]
+    assert named in result.stderr.strip().splitlines()[-1]
 
 
 DATA = ml_collections.ConfigDict({"person_height": 0.64, "dataset": "lsp"})
