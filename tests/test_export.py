@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cpm_jax import errors
+from cpm_jax.model import architecture
 from cpm_jax.serving import export, runtimes
 from cpm_jax.training import checkpointing, state
 from data_pipelines import registry
@@ -104,6 +105,8 @@ def test_the_files_have_the_documented_inputs_and_outputs(exported, trained):
     dims = image.type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].HasField("dim_value")
     assert [d.dim_value for d in dims[1:]] == [size, size, 3]
+    pools = sum(isinstance(layer, architecture.MaxPool) for layer in architecture.image_trunk(trained[0].model))
+    assert [n.op_type for n in graph.node].count("MaxPool") == 2 * pools     # stage 1's and the shared trunk's
     interpreter = runtimes.tflite_interpreter(str(out / "model.tflite"))
     (spec,) = interpreter.get_input_details()
     assert list(spec["shape_signature"]) == [-1, size, size, 3] and spec["dtype"] == np.uint8

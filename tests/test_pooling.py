@@ -1,12 +1,14 @@
-"""The fast max-pool gradient equals XLA's select-and-scatter gradient."""
+"""The fast max-pool gradient equals XLA's select-and-scatter gradient; the exported graphs' pool
+(one reduce-window) gives the same values, and with it the whole model the same beliefs."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpm_jax.model.pooling import caffe_max_pool
-from tests.conftest import normal
+from cpm_jax.model import cpm
+from cpm_jax.model.pooling import caffe_max_pool, window_max_pool
+from tests.conftest import normal, tiny_config
 
 
 def reference_pool(x, window, stride):
@@ -22,6 +24,7 @@ def test_values_and_gradients_match_xla(shape, window, stride):
     x = x.at[0, 0, 0, 0].set(x[0, 1, 1, 0])                        # and a tie above zero
     cotangent = normal(1, reference_pool(x, window, stride).shape)
     np.testing.assert_array_equal(caffe_max_pool(x, window, stride), reference_pool(x, window, stride))
+    np.testing.assert_array_equal(window_max_pool(x, window, stride), reference_pool(x, window, stride))
     pooled, backward = jax.vjp(lambda v: caffe_max_pool(v, window, stride), x)  # the differentiated form
     np.testing.assert_array_equal(pooled, reference_pool(x, window, stride))
     ours = backward(cotangent)[0]
@@ -35,3 +38,11 @@ def test_gradient_under_jit_and_second_call():
     grad = jax.jit(jax.grad(lambda v: jnp.sum(caffe_max_pool(v, 3, 2) ** 2)))
     ref = jax.grad(lambda v: jnp.sum(reference_pool(v, 3, 2) ** 2))(x)
     np.testing.assert_allclose(grad(x), ref, rtol=1e-6)
+
+
+def test_a_model_with_the_exported_graphs_pool_gives_the_same_beliefs():
+    config = tiny_config(num_stages=3, input_size=40).model          # 40 -> 20 -> 10 -> 5
+    image, center = normal(3, (2, 40, 40, 3)), normal(4, (2, 5, 5, 1))
+    variables = cpm.CPM(config).init(jax.random.key(0), image, center)
+    np.testing.assert_array_equal(cpm.CPM(config, pool=window_max_pool).apply(variables, image, center),
+                                  cpm.CPM(config).apply(variables, image, center))

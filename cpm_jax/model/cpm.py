@@ -30,6 +30,7 @@ KERNEL_INITS = {
 }
 assert tuple(KERNEL_INITS) == arch.KERNEL_INIT_NAMES
 Convolution = Callable[..., jax.Array]  # `lax.conv_general_dilated`'s signature
+Pooling = Callable[[jax.Array, int, int], jax.Array]  # (x, window, stride): `caffe_max_pool`'s signature
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -44,12 +45,14 @@ class LayerStack(nn.Module):
     """Applies an `architecture` layer list: conv (+ReLU), Caffe max-pool, dropout.
 
     Convolutions followed by a ReLU use `kernel_init`; a stage's output convolution (no ReLU)
-    uses `output_init`. Every convolution runs `conv` (`lax.conv_general_dilated`'s signature)."""
+    uses `output_init`. Every convolution runs `conv` (`lax.conv_general_dilated`'s signature),
+    every max pool `pool`."""
     layers: Sequence[arch.Layer]
     kernel_init: Callable
     output_init: Callable
     dtype: jnp.dtype = jnp.float32
     conv: Convolution = lax.conv_general_dilated
+    pool: Pooling = caffe_max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -64,7 +67,7 @@ class LayerStack(nn.Module):
                 if layer.relu:
                     x = nn.relu(x)
             elif isinstance(layer, arch.MaxPool):
-                x = caffe_max_pool(x, layer.window, layer.stride)
+                x = self.pool(x, layer.window, layer.stride)
             else:
                 x = nn.Dropout(layer.rate, deterministic=not train)(x)
         return x
@@ -72,12 +75,13 @@ class LayerStack(nn.Module):
 
 class _Stage(nn.Module):
     """What every part of the machine is built from: the `model` config block, the kernel
-    initialisers, the compute dtype and the convolution (`CPM`'s fields, passed down)."""
+    initialisers, the compute dtype, the convolution and the pool (`CPM`'s fields, passed down)."""
     config: ml_collections.ConfigDict
     kernel_init: Callable
     output_init: Callable
     dtype: jnp.dtype
     conv: Convolution
+    pool: Pooling
 
 
 class InitialStage(_Stage):
@@ -86,7 +90,8 @@ class InitialStage(_Stage):
     @nn.compact
     def __call__(self, image: jax.Array, train: bool) -> jax.Array:
         layers = arch.image_trunk(self.config) + arch.stage1_head(self.config)
-        return LayerStack(layers, self.kernel_init, self.output_init, self.dtype, self.conv, name="layers")(image, train)
+        return LayerStack(layers, self.kernel_init, self.output_init, self.dtype, self.conv, self.pool,
+                          name="layers")(image, train)
 
 
 class ImageTrunk(_Stage):
@@ -95,7 +100,7 @@ class ImageTrunk(_Stage):
     @nn.compact
     def __call__(self, image: jax.Array, train: bool) -> jax.Array:
         return LayerStack(arch.image_trunk(self.config), self.kernel_init, self.output_init, self.dtype,
-                          self.conv, name="layers")(image, train)
+                          self.conv, self.pool, name="layers")(image, train)
 
 
 class RefinementStage(_Stage):
@@ -105,7 +110,7 @@ class RefinementStage(_Stage):
     def __call__(self, trunk_features: jax.Array, previous_beliefs: jax.Array,
                  center_map: jax.Array, train: bool) -> jax.Array:
         stack = functools.partial(LayerStack, kernel_init=self.kernel_init, output_init=self.output_init,
-                                  dtype=self.dtype, conv=self.conv)
+                                  dtype=self.dtype, conv=self.conv, pool=self.pool)
         features = stack(arch.refinement_features(self.config), name="features")(trunk_features, train)
         x = jnp.concatenate([features, previous_beliefs.astype(features.dtype),
                              center_map.astype(features.dtype)], axis=-1)
@@ -121,16 +126,18 @@ class CPM(nn.Module):
 
     `conv` computes every convolution: `lax.conv_general_dilated` (what XLA compiles on any
     device) unless the caller passes another function of the same signature and result (the
-    process's choice: `platform.make_model`). It changes speed, never the parameters.
+    process's choice: `platform.make_model`). It changes speed, never the parameters. Likewise
+    `pool`, every max pool: `caffe_max_pool`, or `window_max_pool` in exported graphs.
     """
     config: ml_collections.ConfigDict  # the `model` block of an experiment config
     conv: Convolution = lax.conv_general_dilated
+    pool: Pooling = caffe_max_pool
 
     @nn.compact
     def __call__(self, image: jax.Array, center_map: jax.Array, train: bool = False) -> jax.Array:
         m = self.config
         kwargs = dict(config=m, kernel_init=KERNEL_INITS[m.kernel_init], output_init=KERNEL_INITS[m.output_init],
-                      dtype=compute_dtype(m.get("dtype", "float32")), conv=self.conv)
+                      dtype=compute_dtype(m.get("dtype", "float32")), conv=self.conv, pool=self.pool)
         image = image.astype(kwargs["dtype"])
         beliefs = [InitialStage(name="stage1", **kwargs)(image, train)]
         if m.num_stages > 1:

@@ -90,3 +90,13 @@ def _backward(window, stride, residuals, g):
 
 
 caffe_max_pool.defvjp(_forward, _backward)
+
+
+def window_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """`caffe_max_pool`'s result, bit for bit, as one reduce-window over x padded bottom/right
+    with -inf: what TFLite's converter turns into MAX_POOL_2D and tf2onnx into MaxPool, where the
+    strided slices stay nine slices and eight maxima. For exported graphs only: XLA:CPU runs the
+    reduce-window several times slower, and differentiates it by select-and-scatter."""
+    _, pads = _geometry(x.shape, window, stride)
+    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, window, window, 1),
+                                 (1, stride, stride, 1), ((0, 0), (0, pads[0]), (0, pads[1]), (0, 0)))

@@ -5,9 +5,10 @@ plain-JAX model: lax convolutions, never the CPU backend's kernels): crops uint8
 RGB centred on the person -> every stage's beliefs float32 (B, T, S/8, S/8, P+1), background
 last; the normalisation (x/256 - 0.5) and the crop-centred centre map are inside; B is open.
   saved_model/  jax2tf -> TensorFlow SavedModel (an XlaCallModule op, for XLA:CPU: TensorFlow runs it)
-  model.tflite  TensorFlow Lite's converter from that SavedModel (float32 ops)
+  model.tflite  TensorFlow Lite's converter from a SavedModel of the same network whose max pools
+                are one reduce-window each (`window_max_pool`: MAX_POOL_2D ops; float32 ops)
   model.onnx    tf2onnx from that TFLite model (opset 17), input "image", output "beliefs"
-ONNX needs the TFLite model and TFLite the SavedModel: what was not asked for is built and dropped.
+ONNX needs the TFLite model: when it was not asked for, it is built and dropped.
 model_card.json says what the files are, how to feed them and where they come from (`build_card`).
 
 Everything is written into a temporary directory beside `out`, loaded back in its own runtime
@@ -32,11 +33,11 @@ import ml_collections
 import numpy as np
 
 from cpm_jax import errors, outputs, tf_loader
-from cpm_jax.model import architecture, cpm, pretrained
+from cpm_jax.model import architecture, cpm, pooling, pretrained
 from cpm_jax.serving import runtimes
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-NEEDS = {"savedmodel": (), "tflite": ("savedmodel",), "onnx": ("savedmodel", "tflite")}
+NEEDS = {"savedmodel": (), "tflite": (), "onnx": ("tflite",)}
 MODULES = {"savedmodel": ("tensorflow",), "tflite": ("tensorflow",),
            "onnx": ("tensorflow", "tf2onnx", "onnx", "onnxruntime")}      # what writing and checking each needs
 TOLERANCE = 1e-3          # max |beliefs - JAX's| accepted, float32
@@ -44,7 +45,8 @@ CARD_VERSION = 1
 ONNX_OPSET = 17
 NOTES = {"savedmodel": "signature serving_default; holds an XlaCallModule op (StableHLO for XLA:CPU): runs in "
                        "TensorFlow's runtime (tf.saved_model.load), not in runtimes without XLA",
-         "tflite": "float32 built-in ops; resize the input to (B, S, S, 3) before allocate_tensors",
+         "tflite": "float32 built-in ops (max pools as MAX_POOL_2D); resize the input to (B, S, S, 3) before "
+                   "allocate_tensors",
          "onnx": f"opset {ONNX_OPSET}; runs in onnxruntime (CPUExecutionProvider checked)"}
 
 
@@ -118,12 +120,13 @@ def crops_text(crops: dict, detail: bool = False) -> str:
             + (f": {crops['reason']})" if detail else ")"))
 
 
-def network(config: ml_collections.ConfigDict) -> Callable:
-    """The exported function, `apply(variables, crops uint8 (B, S, S, 3)) -> beliefs`, float32."""
+def network(config: ml_collections.ConfigDict, pool: cpm.Pooling = pooling.caffe_max_pool) -> Callable:
+    """The exported function, `apply(variables, crops uint8 (B, S, S, 3)) -> beliefs`, float32,
+    its max pools computed by `pool` (the same values either way)."""
     from cpm_jax.evaluation import multiscale
     model_config = ml_collections.ConfigDict(config.model.to_dict())
     model_config.dtype = "float32"
-    return multiscale.crop_network(cpm.CPM(model_config), config)
+    return multiscale.crop_network(cpm.CPM(model_config, pool=pool), config)
 
 
 def export(config: ml_collections.ConfigDict, variables: dict, source: dict, heldout, out: str,
@@ -158,7 +161,7 @@ def _export_into(work, config, variables, source, heldout, out, formats, log) ->
         f"in {time.perf_counter() - tick:.1f} s")
     paths = {f: os.path.join(work, runtimes.FILES[f]) for f in FORMATS}
     writers = {"savedmodel": lambda: write_savedmodel(config, variables, paths["savedmodel"]),
-               "tflite": lambda: write_tflite(paths["savedmodel"], paths["tflite"]),
+               "tflite": lambda: write_tflite(config, variables, paths["tflite"]),
                "onnx": lambda: write_onnx(paths["tflite"], paths["onnx"])}
     seconds = {}
     for fmt in FORMATS:
@@ -275,12 +278,13 @@ def converters() -> dict:
 
 # ---------------------------------------------------------------------------------- converters
 
-def write_savedmodel(config: ml_collections.ConfigDict, variables: dict, path: str) -> None:
-    """jax2tf of `network(config)` with `variables` as constants, for XLA:CPU, batch polymorphic;
-    signature "serving_default": image uint8 (None, S, S, 3) -> {"beliefs": float32}."""
+def write_savedmodel(config: ml_collections.ConfigDict, variables: dict, path: str,
+                     pool: cpm.Pooling = pooling.caffe_max_pool) -> None:
+    """jax2tf of `network(config, pool)` with `variables` as constants, for XLA:CPU, batch
+    polymorphic; signature "serving_default": image uint8 (None, S, S, 3) -> {"beliefs": float32}."""
     tf = tf_loader.import_tensorflow()
     from jax.experimental import jax2tf
-    size, apply = config.model.input_size, network(config)
+    size, apply = config.model.input_size, network(config, pool)
     converted = jax2tf.convert(lambda crops: apply(variables, crops), polymorphic_shapes=[f"(b, {size}, {size}, 3)"],
                                with_gradient=False, native_serialization_platforms=("cpu",))
     module = tf.Module()
@@ -294,10 +298,18 @@ def write_savedmodel(config: ml_collections.ConfigDict, variables: dict, path: s
     tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
-def write_tflite(saved_model: str, path: str) -> None:
-    """TensorFlow Lite's converter from the SavedModel: float32, batch left open (-1)."""
+def write_tflite(config: ml_collections.ConfigDict, variables: dict, path: str) -> None:
+    """TensorFlow Lite's converter from a SavedModel of the network with `window_max_pool`, written
+    beside `path` and removed: float32, batch left open (-1). Its pools become MAX_POOL_2D ops
+    (tf2onnx: MaxPool), 1.7-1.9x faster there than the SavedModel's strided slices, which XLA:CPU
+    runs faster instead (docs/performance.md)."""
     tf = tf_loader.import_tensorflow()
-    model = tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
+    source = path + ".saved_model"
+    try:
+        write_savedmodel(config, variables, source, pool=pooling.window_max_pool)
+        model = tf.lite.TFLiteConverter.from_saved_model(source).convert()
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
     with open(path, "wb") as f:
         f.write(model)
 
