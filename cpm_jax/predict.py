@@ -31,10 +31,9 @@ import numpy as np
 from absl import flags
 
 from cpm_jax import errors, outputs
-from cpm_jax.inference.resizing import resized, shrink
+from cpm_jax.inference.resizing import MAX_IMAGE_SIDE, resized, shrink
 
 FLAGS = flags.FLAGS
-MAX_IMAGE_SIDE = 1024     # px: larger photos are resized first (the network sees < 400 px of a person)
 
 
 def parse_center(text: str) -> tuple[float, float]:

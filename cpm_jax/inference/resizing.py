@@ -3,6 +3,8 @@ bicubic (PIL), with the (x, y) ratio of the new pixels to the old, so that joint
 small image go back to the original's pixels (px p <-> (p + 0.5) x ratio - 0.5)."""
 import numpy as np
 
+MAX_IMAGE_SIDE = 1024     # px: predict's default; larger photos are resized first (the network sees < 400 px of a person)
+
 
 def shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 (H, W, 3) resized so that its longer side is at most `max_side` px, (x, y)

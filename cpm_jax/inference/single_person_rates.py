@@ -10,7 +10,7 @@ person's canonical zoom (data.person_height x input / scale) is within a factor 
 their centre within CENTRE_OFFSET x the image height of the image centre: there the model should
 see one person. Pairs: fitting photos k and k+1, both resized to the taller one's height and
 pasted left to right, so that the default placement falls between two people. Each image is
-predicted as `predict` predicts a photo (multi-scale, default placement, shrunk to MAX_SIDE px)
+predicted as `predict` predicts a photo (multi-scale, default placement, shrunk to MAX_IMAGE_SIDE px)
 and judged by `single_person.check`. Rates are fractions of images; each sign is reported alone
 and the warning (any sign) as predict gives it.
 """
@@ -23,7 +23,6 @@ from cpm_jax.evaluation import multiscale, single_person
 
 FIT = 1.5                    # zoom ratio either way within which the default placement fits the person
 CENTRE_OFFSET = 0.15         # x image height: the person's centre this close to the image centre
-MAX_SIDE = 1024              # px: predict's --max_image_side
 
 
 def fits(record: dict, height: int, width: int, data, input_size: int) -> bool:
@@ -45,9 +44,9 @@ def side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def judge(predictor, image: np.ndarray, config) -> single_person.Evidence:
     """`single_person.check` of `image` predicted as predict does with the default placement."""
-    from cpm_jax.inference.resizing import shrink
+    from cpm_jax.inference.resizing import MAX_IMAGE_SIDE, shrink
     from data_pipelines import registry
-    small, _ = shrink(image, MAX_SIDE)
+    small, _ = shrink(image, MAX_IMAGE_SIDE)
     person, _ = multiscale.place_person(small.shape, config.data, config.model.input_size)
     return single_person.of_prediction(predictor.predict_with_maps(small, person), person.base_factor,
                                        config.model.input_size, registry.get(config.data.dataset).skeleton)
