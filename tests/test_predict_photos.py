@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cpm_jax.inference import single_person_rates
 from tests import images
 from tests.conftest import ROOT, python_env, require_shared
 
@@ -93,14 +94,10 @@ def test_a_truncated_large_jpeg_is_named_in_one_line(tmp_path):
 def two_people(path) -> tuple[str, int]:
     """(the JPEG of two LSPET photos pasted side by side at one height, the left one's width)."""
     with Image.open(LSPET / "im00901.jpg") as a, Image.open(LSPET / "im02451.jpg") as b:
-        height = max(a.height, b.height)
-        a, b = (im.convert("RGB").resize((round(im.width * height / im.height), height),
-                                         Image.Resampling.BICUBIC) for im in (a, b))
-        both = Image.new("RGB", (a.width + b.width, height))
-        both.paste(a, (0, 0))
-        both.paste(b, (a.width, 0))
-    both.save(path, quality=95)
-    return str(path), a.width
+        a, b = (np.asarray(im.convert("RGB")) for im in (a, b))
+    both = single_person_rates.side_by_side(a, b)
+    Image.fromarray(both).save(path, quality=95)
+    return str(path), round(a.shape[1] * both.shape[0] / a.shape[0])
 
 
 def test_two_people_get_one_warning_line_and_one_person_none(tmp_path):

@@ -28,9 +28,9 @@ CENTRE_OFFSET = 0.15         # x image height: the person's centre this close to
 def fits(record: dict, height: int, width: int, data, input_size: int) -> bool:
     """Whether the default placement of a (height, width) photo fits its annotated person."""
     default, _ = multiscale.place_person((height, width), data, input_size)
-    own = data.person_height * input_size / float(record["scale"])
-    offset = np.hypot(*(np.asarray(record["center"], np.float64) - default.center)) / height
-    return bool(1 / FIT <= own / default.base_factor <= FIT and offset <= CENTRE_OFFSET)
+    own = multiscale.person_from_scale(record["center"], float(record["scale"]), data, input_size)
+    offset = np.hypot(*np.subtract(own.center, default.center)) / height
+    return bool(1 / FIT <= own.base_factor / default.base_factor <= FIT and offset <= CENTRE_OFFSET)
 
 
 def side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,8 +73,10 @@ def measure(predictor, config, photos: Iterator[np.ndarray], on_image: Callable[
     beliefs = {"single": [], "pair": []}
     previous = None
     for photo in photos:
-        for kind, image in [("single", photo)] + ([("pair", side_by_side(previous, photo))] if previous is not None
-                                                  else []):
+        images = [("single", photo)]
+        if previous is not None:
+            images.append(("pair", side_by_side(previous, photo)))
+        for kind, image in images:
             evidence = judge(predictor, image, config)
             found[kind].append(evidence.signs())
             beliefs[kind].append(evidence.mean_belief)
