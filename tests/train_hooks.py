@@ -10,6 +10,15 @@ import time
 ARG = "CPM_TEST_HOOK_ARG"
 
 
+def _busy(seconds: float) -> None:
+    """Waits `seconds` in slices of 0.1 s, returning to the interpreter between them as real work
+    does between batches: a signal the kernel hands to another of the process's threads (XLA's,
+    TensorFlow's) runs its Python handler within a slice, not after one long sleep."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
 def disk_full() -> None:
     """Every array write of checkpoint step $CPM_TEST_HOOK_ARG fails with ENOSPC, where a full
     disk fails it: in Orbax's background save thread (TensorStore's write of each array)."""
@@ -44,7 +53,7 @@ def slow_evaluation() -> None:
     run, seconds = evaluators.CropEvaluator.run, float(os.environ[ARG])
 
     def slow(self, variables):
-        time.sleep(seconds)
+        _busy(seconds)
         return run(self, variables)
 
     evaluators.CropEvaluator.run = slow
@@ -59,7 +68,7 @@ def slow_saves() -> None:
 
     def slow(mngr, step, state, metrics=None):
         print(f"test hook: saving step {step} slowly", file=sys.stderr, flush=True)
-        time.sleep(seconds)
+        _busy(seconds)
         return save(mngr, step, state, metrics)
 
     checkpointing.save = slow
